@@ -1,0 +1,43 @@
+# actix-endless: the two commands a newcomer needs are `make run` and `make test`.
+CARGO ?= cargo
+# Where the load generator comes from when it is missing (Debian's package).
+WRK ?= wrk
+
+.PHONY: run test unit integration lint fmt doc bench build clean
+
+## Run the demo server on 127.0.0.1:8080; `kill -HUP $$(cat hello.pid)` upgrades it.
+run:
+	$(CARGO) run --example hello -- --bind 127.0.0.1:8080 --pid-file hello.pid
+
+## Every test: lints, docs, unit tests, then the end-to-end tests with real processes.
+test: lint doc unit integration
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+unit:
+	$(CARGO) test -p actix-endless --all-targets
+
+integration:
+	$(CARGO) build --examples -p actix-endless
+	$(CARGO) test -p integration -- --test-threads=2
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+doc:
+	RUSTDOCFLAGS=-Dwarnings $(CARGO) doc --no-deps -p actix-endless
+
+## Restart-under-load benchmark (release build, wrk); prints one table.
+bench:
+	@command -v $(WRK) >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+	$(CARGO) build --release --examples -p actix-endless
+	$(CARGO) build --release -p integration --bins
+	$(CARGO) run --release -q -p integration --bin restart_bench -- $(BENCH_ARGS)
+
+clean:
+	$(CARGO) clean

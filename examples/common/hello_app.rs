@@ -1,0 +1,41 @@
+//! The `hello` application, shared by the `hello` and `hello_v2` examples.
+
+use std::time::Duration;
+
+use actix_web::{web, App, HttpResponse};
+
+use crate::common::{self, Options};
+
+/// Runs the demo, answering as `release`.
+pub fn main(release: &'static str) -> std::io::Result<()> {
+    common::init_logging();
+    let options = Options::parse(&[]);
+    let endless = actix_endless::Endless::new(move || {
+        App::new()
+            .app_data(web::Data::new(release))
+            .route("/", web::get().to(greet))
+            .route("/pid", web::get().to(pid))
+            .route("/sleep/{ms}", web::get().to(sleep))
+    });
+    common::configure(endless, &options).run()?;
+    Ok(())
+}
+
+async fn greet(release: web::Data<&'static str>) -> HttpResponse {
+    HttpResponse::Ok().body(format!(
+        "hello from pid {}, generation {}, release {}\n",
+        std::process::id(),
+        actix_endless::generation(),
+        release.get_ref()
+    ))
+}
+
+async fn pid() -> HttpResponse {
+    HttpResponse::Ok().body(std::process::id().to_string())
+}
+
+async fn sleep(ms: web::Path<u64>) -> HttpResponse {
+    let ms = ms.into_inner();
+    actix_rt::time::sleep(Duration::from_millis(ms)).await;
+    HttpResponse::Ok().body(format!("slept {ms} ms in pid {}\n", std::process::id()))
+}

@@ -1,0 +1,9 @@
+//! The `hello` demo built as another release ("v2"), for hot-swap tests and demos.
+
+mod common;
+#[path = "common/hello_app.rs"]
+mod hello_app;
+
+fn main() -> std::io::Result<()> {
+    hello_app::main("v2")
+}

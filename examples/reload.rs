@@ -1,0 +1,57 @@
+//! Configuration hot reload: `kill -USR1` re-reads the config file into shared state (no
+//! re-exec); `kill -HUP` re-execs, and so reloads everything.
+//!
+//! ```text
+//! echo hello > /tmp/greeting
+//! cargo run --example reload -- --config /tmp/greeting --pid-file /tmp/reload.pid
+//! echo bonjour > /tmp/greeting && kill -USR1 $(cat /tmp/reload.pid)
+//! ```
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use actix_endless::{HookStage, Signal};
+use actix_web::{web, App, HttpResponse};
+
+fn read_greeting(path: &PathBuf) -> std::io::Result<String> {
+    Ok(std::fs::read_to_string(path)?.trim().to_owned())
+}
+
+fn main() -> std::io::Result<()> {
+    common::init_logging();
+    let options = Options::parse(&["--config"]);
+    let Some(config) = options.extra("--config").map(PathBuf::from) else {
+        eprintln!("--config PATH is required");
+        std::process::exit(2);
+    };
+    let greeting = Arc::new(RwLock::new(read_greeting(&config)?));
+    let shared = web::Data::from(greeting.clone());
+    let endless = actix_endless::Endless::new(move || {
+        App::new()
+            .app_data(shared.clone())
+            .route("/", web::get().to(greet))
+    })
+    .hook(Signal::Usr1, HookStage::Pre, move |_| {
+        match read_greeting(&config) {
+            Ok(text) => {
+                log::info!("reloaded {}: {text:?}", config.display());
+                *greeting.write().unwrap_or_else(|e| e.into_inner()) = text;
+            }
+            Err(e) => log::error!(
+                "cannot reload {}: {e}; keeping the old greeting",
+                config.display()
+            ),
+        }
+    });
+    common::configure(endless, &options).run()?;
+    Ok(())
+}
+
+use common::Options;
+
+async fn greet(greeting: web::Data<RwLock<String>>) -> HttpResponse {
+    let text = greeting.read().unwrap_or_else(|e| e.into_inner()).clone();
+    HttpResponse::Ok().body(format!("{text}\n"))
+}

@@ -1,0 +1,343 @@
+//! Restart-under-load benchmark of actix-endless (`make bench`).
+//!
+//! For each connection mode (keep-alive, `Connection: close`) wrk saturates, for the
+//! configured duration:
+//!
+//! * **control**: the `hello` example, no restart;
+//! * **endless**: `hello` upgraded by SIGHUP N times, evenly spread (the current pid is read
+//!   from the pid file each time);
+//! * **naive**: `plain_hello` (actix-web without actix-endless) restarted N times the usual
+//!   way: SIGTERM, wait for exit, start again on the same port.
+//!
+//! Then a steady-state comparison (`plain`: plain_hello without restarts, keep-alive, same
+//! `--workers`) and a **scale** row (many keep-alive connections across a few upgrades).
+//! It prints one markdown table, the steady-state line and PASS/FAIL lines for the targets of
+//! the issue, and exits non-zero if a target fails.
+//!
+//! Measurement methods (also printed with the results):
+//! * SIGHUP->ready: after SIGHUP the pid file is polled every ~1 ms until it names a new pid
+//!   (the new generation rewrites it just before it reports ready).
+//! * ready->old exit: from then until the old pid is gone (`/proc/<pid>/stat` missing, state
+//!   Z, or a different start time). The first generation is our child and is reaped with
+//!   `waitpid(WNOHANG)`; later ones are orphans reparented elsewhere.
+//! * peak RSS: the VmRSS of every live hello process (including a new generation not yet
+//!   ready, found through `/proc/<pid>/task/*/children`) is summed every ~5 ms; the row keeps
+//!   the maximum.
+//!
+//! Every process is started into a guard that kills it by pid at the end of its row, also on
+//! error or panic; every wait has a deadline. Only 127.0.0.1 is used.
+
+mod cli;
+mod procs;
+mod report;
+mod scenario;
+mod wrk;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use cli::{Config, ConnMode, Parsed};
+use report::Verdict;
+use scenario::{Bins, Kind, Row, RowSpec, Runner};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cfg = match cli::parse(&args) {
+        Ok(Parsed::Run(cfg)) => cfg,
+        Ok(Parsed::Help) => {
+            println!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Err(msg) => {
+            eprintln!("restart_bench: {msg}\n\n{}", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    match run(cfg) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(msg) => {
+            eprintln!("restart_bench: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs every selected row and prints the report. `Ok(true)` if no target failed.
+fn run(cfg: Config) -> Result<bool, String> {
+    let bins = locate_bins(&cfg)?;
+    let wrk_version = wrk_version(&bins.wrk)?;
+    for (name, path) in [("hello", &bins.hello), ("plain_hello", &bins.plain)] {
+        if !path.is_file() {
+            eprintln!(
+                "restart_bench: warning: {name} not found at {}; its rows will fail",
+                path.display()
+            );
+        }
+    }
+
+    // wrk and the servers inherit this limit; the library itself never touches it.
+    let want = u64::from(cfg.connections.max(cfg.scale_connections)) * 2 + 1024;
+    let nofile = procs::raise_nofile(want).map_err(|e| format!("setrlimit(NOFILE): {e}"))?;
+    if nofile < want {
+        eprintln!("restart_bench: warning: RLIMIT_NOFILE is {nofile}, wanted {want}");
+    }
+
+    let work = std::env::temp_dir().join(format!("restart_bench.{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+
+    let specs = plan(&cfg);
+    let secs = cfg.duration.as_secs() as usize * specs.len();
+    eprintln!(
+        "restart_bench: {} rows of {} s each, about {} min; files in {}",
+        specs.len(),
+        cfg.duration.as_secs(),
+        secs.div_ceil(60),
+        work.display()
+    );
+    let mut runner = Runner::new(cfg.clone(), bins.clone(), work.clone());
+    let mut rows: Vec<Row> = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        eprint!(
+            "[{}/{}] {} {} c={} restarts={} run {} ... ",
+            i + 1,
+            specs.len(),
+            spec.kind.name(),
+            spec.mode.name(),
+            spec.connections,
+            spec.restarts,
+            spec.run
+        );
+        let row = runner.run(*spec);
+        match &row.result {
+            Ok(d) => eprintln!("{:.0} req/s, {} failed", d.wrk.req_per_sec, d.wrk.failed()),
+            Err(e) => eprintln!("ERROR: {}", e.lines().next().unwrap_or("")),
+        }
+        rows.push(row);
+    }
+
+    let targets = report::targets(&rows, &cfg);
+    let passed = targets.iter().all(|t| t.verdict != Verdict::Fail);
+    print_report(&cfg, &bins, &wrk_version, nofile, &rows, &targets, &work);
+
+    if passed {
+        let _ = std::fs::remove_dir_all(&work);
+    } else {
+        println!(
+            "\nrow files (wrk output, server logs) kept in {}",
+            work.display()
+        );
+    }
+    Ok(passed)
+}
+
+/// The rows in the order they run: per mode the control, the steady-state plain row
+/// (keep-alive only, right after its control so both see the same machine state), then the
+/// upgrade rows `runs` times; the scale rows last.
+fn plan(cfg: &Config) -> Vec<RowSpec> {
+    let only = cfg.only;
+    let mut specs = Vec::new();
+    let row = |kind, mode, connections, restarts, run| RowSpec {
+        kind,
+        mode,
+        connections,
+        restarts,
+        run,
+    };
+    for &mode in &cfg.modes {
+        if only.control {
+            specs.push(row(Kind::Control, mode, cfg.connections, 0, 1));
+        }
+        if only.steady && mode == ConnMode::KeepAlive {
+            specs.push(row(Kind::Plain, mode, cfg.connections, 0, 1));
+        }
+        for run in 1..=cfg.runs {
+            if only.endless {
+                specs.push(row(Kind::Endless, mode, cfg.connections, cfg.restarts, run));
+            }
+            if only.naive {
+                specs.push(row(Kind::Naive, mode, cfg.connections, cfg.restarts, run));
+            }
+        }
+    }
+    if only.scale {
+        for run in 1..=cfg.runs {
+            specs.push(row(
+                Kind::Scale,
+                ConnMode::KeepAlive,
+                cfg.scale_connections,
+                cfg.scale_restarts,
+                run,
+            ));
+        }
+    }
+    specs
+}
+
+/// Finds hello, plain_hello and wrk: explicit options first, then next to this executable
+/// (`target/<profile>/`), then `$CARGO_TARGET_DIR/release/`.
+fn locate_bins(cfg: &Config) -> Result<Bins, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let exe_dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    let target_release =
+        std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("release"));
+    let find = |explicit: &Option<PathBuf>, rel: &str| -> PathBuf {
+        if let Some(p) = explicit {
+            return p.clone();
+        }
+        let near = exe_dir.join(rel);
+        match &target_release {
+            Some(t) if !near.is_file() && t.join(rel).is_file() => t.join(rel),
+            _ => near,
+        }
+    };
+    Ok(Bins {
+        hello: find(&cfg.hello, "examples/hello"),
+        plain: find(&cfg.plain, "plain_hello"),
+        wrk: cfg.wrk.clone(),
+    })
+}
+
+/// First line of `wrk -v`; an error if wrk cannot be run.
+fn wrk_version(wrk: &Path) -> Result<String, String> {
+    let out = Command::new(wrk).arg("-v").output().map_err(|e| {
+        format!(
+            "cannot run {}: {e} (install it: apt-get update && apt-get install -y wrk)",
+            wrk.display()
+        )
+    })?;
+    // wrk -v prints its version and usage, and exits with status 1.
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .next()
+        .unwrap_or("wrk (unknown version)")
+        .trim()
+        .into())
+}
+
+/// `uname -srm`, or a placeholder.
+fn uname() -> String {
+    Command::new("uname")
+        .arg("-srm")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The command line, quoted for a POSIX shell.
+fn command_line() -> String {
+    std::env::args()
+        .map(|a| {
+            let safe = !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c));
+            if safe {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Prints everything to stdout.
+fn print_report(
+    cfg: &Config,
+    bins: &Bins,
+    wrk_version: &str,
+    nofile: u64,
+    rows: &[Row],
+    targets: &[report::Target],
+    work: &Path,
+) {
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("## actix-endless restart benchmark\n");
+    println!("date:     {}", report::utc_now());
+    println!(
+        "system:   {} ({nproc} cpus, shared by wrk and the server)",
+        uname()
+    );
+    println!("command:  {}", command_line());
+    println!(
+        "load:     {wrk_version}; wrk --latency -t{} -c{} -d{}s http://127.0.0.1:PORT/ \
+         (close rows add -H 'Connection: close'; scale rows -c{})",
+        cfg.threads,
+        cfg.connections,
+        cfg.duration.as_secs(),
+        cfg.scale_connections
+    );
+    println!(
+        "servers:  {} and {}, both --workers {}; RLIMIT_NOFILE {nofile}",
+        bins.hello.display(),
+        bins.plain.display(),
+        cfg.workers
+    );
+    println!(
+        "restarts: {} per endless/naive row, {} per scale row, evenly spread from ~1 s; \
+         upgrade rows repeated {} time(s){}",
+        cfg.restarts,
+        cfg.scale_restarts,
+        cfg.runs,
+        if cfg.quick { "; --quick" } else { "" }
+    );
+    println!();
+    print!("{}", report::table(rows, cfg));
+    println!();
+    println!("rows: control = hello, no restart; endless = hello + SIGHUP upgrades; naive = plain_hello + SIGTERM/wait/start on the same port;");
+    println!("      plain = plain_hello, no restart; scale = hello + upgrades with many keep-alive connections.");
+    println!("vs control = req/s / control req/s of the same mode. failed requests = non-2xx + all socket errors.");
+    println!("endless/scale: signal->ready = SIGHUP sent until the pid file names the new pid (polled every ~1 ms; the new");
+    println!("      generation rewrites it just before reporting ready); ->old exit = from then until the old pid is gone");
+    println!("      (/proc/<pid>/stat missing, state Z, or reused; our direct child reaped with waitpid WNOHANG).");
+    println!("naive: signal->ready = SIGTERM until the new process has bound the port (the downtime); ->old exit = SIGTERM");
+    println!("      until the old process exited.");
+    println!("peak RSS = max over ~5 ms samples of the summed VmRSS of all live server processes (old + new generation).");
+    println!();
+    match report::steady_line(rows, cfg) {
+        Some(line) => println!("{line}"),
+        None => {
+            println!("steady state: not measured (needs the control keep-alive and plain rows)")
+        }
+    }
+
+    let mut remarks = Vec::new();
+    for row in rows {
+        let tag = format!(
+            "{} {} run {}",
+            row.spec.kind.name(),
+            row.spec.mode.name(),
+            row.spec.run
+        );
+        match &row.result {
+            Err(e) => remarks.push(format!("{tag}: ERROR: {e}")),
+            Ok(d) => {
+                for p in d.restarts.problems.iter().chain(&d.notes) {
+                    remarks.push(format!("{tag}: {p}"));
+                }
+            }
+        }
+    }
+    if !remarks.is_empty() {
+        println!("\nproblems:");
+        for r in &remarks {
+            println!("  - {r}");
+        }
+        println!("  (row files: {})", work.display());
+    }
+
+    println!();
+    for t in targets {
+        let v = match t.verdict {
+            Verdict::Pass => "PASS",
+            Verdict::Fail => "FAIL",
+            Verdict::Skip => "SKIP",
+        };
+        println!("{v}  {}", t.text);
+    }
+}

@@ -1,0 +1,528 @@
+//! The results table, the steady-state comparison and the PASS/FAIL lines.
+
+use std::{fmt::Write as _, time::Duration};
+
+use crate::{
+    cli::{Config, ConnMode},
+    scenario::{Kind, Row, RowData},
+};
+
+/// Verdict of one target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Met.
+    Pass,
+    /// Not met, or the rows it needs failed to run.
+    Fail,
+    /// The rows it needs were not selected.
+    Skip,
+}
+
+/// One target line.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Verdict.
+    pub verdict: Verdict,
+    /// Target and figures.
+    pub text: String,
+}
+
+/// Median of `v` (mean of the two middle values for an even count).
+pub fn median(v: &[Duration]) -> Option<Duration> {
+    let mut s = v.to_vec();
+    s.sort();
+    let n = s.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(s[n / 2]),
+        _ => Some((s[n / 2 - 1] + s[n / 2]) / 2),
+    }
+}
+
+/// Milliseconds with `decimals` decimals.
+fn ms(d: Duration, decimals: usize) -> String {
+    format!("{:.*}", decimals, d.as_secs_f64() * 1e3)
+}
+
+/// `median / max` in ms, or `-`.
+fn med_max(v: &[Duration]) -> String {
+    match (median(v), v.iter().max()) {
+        (Some(m), Some(x)) => format!("{} / {}", ms(m, 1), ms(*x, 1)),
+        _ => "-".into(),
+    }
+}
+
+/// Row label, with the run number when rows repeat.
+fn label(row: &Row, runs: u32) -> String {
+    if runs > 1 && matches!(row.spec.kind, Kind::Endless | Kind::Naive | Kind::Scale) {
+        format!("{} #{}", row.spec.kind.name(), row.spec.run)
+    } else {
+        row.spec.kind.name().into()
+    }
+}
+
+/// The control row of `mode`, if it ran.
+fn control(rows: &[Row], mode: ConnMode) -> Option<&Row> {
+    rows.iter()
+        .find(|r| r.spec.kind == Kind::Control && r.spec.mode == mode)
+}
+
+/// Renders the rows as one markdown table with aligned columns.
+pub fn table(rows: &[Row], cfg: &Config) -> String {
+    let header = [
+        "row",
+        "mode",
+        "conns",
+        "requests",
+        "req/s",
+        "vs control",
+        "non-2xx",
+        "connect err",
+        "read err",
+        "write err",
+        "timeout err",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "restarts",
+        "signal->ready ms med / max",
+        "->old exit ms med / max",
+        "peak RSS MiB",
+    ];
+    let mut cells: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    for row in rows {
+        let mut c = vec![
+            label(row, cfg.runs),
+            row.spec.mode.name().into(),
+            row.spec.connections.to_string(),
+        ];
+        match &row.result {
+            Err(_) => {
+                c.push("ERROR (see below)".into());
+                c.resize(header.len(), String::new());
+            }
+            Ok(d) => {
+                let w = &d.wrk;
+                let ratio = match (row.spec.kind, control(rows, row.spec.mode)) {
+                    (Kind::Scale, _) => "-".into(),
+                    (
+                        _,
+                        Some(Row {
+                            result: Ok(ctl), ..
+                        }),
+                    ) if ctl.wrk.req_per_sec > 0.0 => {
+                        format!("{:.3}", w.req_per_sec / ctl.wrk.req_per_sec)
+                    }
+                    _ => "-".into(),
+                };
+                let r = &d.restarts;
+                c.extend([
+                    w.requests.to_string(),
+                    format!("{:.0}", w.req_per_sec),
+                    ratio,
+                    w.non_2xx.to_string(),
+                    w.connect_errors.to_string(),
+                    w.read_errors.to_string(),
+                    w.write_errors.to_string(),
+                    w.timeout_errors.to_string(),
+                    ms(w.p50, 2),
+                    ms(w.p99, 2),
+                    ms(w.max, 2),
+                    if r.requested == 0 {
+                        "-".into()
+                    } else {
+                        format!("{}/{}", r.completed, r.requested)
+                    },
+                    med_max(&r.to_ready),
+                    med_max(&r.to_exit),
+                    d.peak_rss_kib
+                        .map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
+                ]);
+            }
+        }
+        cells.push(c);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for (n, r) in cells.iter().enumerate() {
+        out.push('|');
+        for (i, cell) in r.iter().enumerate() {
+            // Text columns left-aligned, figures right-aligned.
+            if i < 2 {
+                let _ = write!(out, " {:<w$} |", cell, w = widths[i]);
+            } else {
+                let _ = write!(out, " {:>w$} |", cell, w = widths[i]);
+            }
+        }
+        out.push('\n');
+        if n == 0 {
+            out.push('|');
+            for (i, w) in widths.iter().enumerate() {
+                let dashes = "-".repeat(*w);
+                if i < 2 {
+                    let _ = write!(out, ":{dashes}-|");
+                } else {
+                    let _ = write!(out, "-{dashes}:|");
+                }
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Ok data of the rows of `kind`.
+fn data(rows: &[Row], kind: Kind) -> impl Iterator<Item = (&Row, Result<&RowData, &String>)> {
+    rows.iter()
+        .filter(move |r| r.spec.kind == kind)
+        .map(|r| (r, r.result.as_ref()))
+}
+
+/// `mode#run` for target texts.
+fn tag(row: &Row) -> String {
+    format!("{}#{}", row.spec.mode.name(), row.spec.run)
+}
+
+/// Steady-state comparison line; `None` if either row is missing.
+pub fn steady_line(rows: &[Row], cfg: &Config) -> Option<String> {
+    let hello = control(rows, ConnMode::KeepAlive)?.result.as_ref().ok()?;
+    let plain = rows
+        .iter()
+        .find(|r| r.spec.kind == Kind::Plain)?
+        .result
+        .as_ref()
+        .ok()?;
+    Some(format!(
+        "steady state (keep-alive, no restarts, --workers {} for both): hello {:.0} req/s, \
+         plain_hello {:.0} req/s, ratio hello/plain {:.3}; p99 {} ms vs {} ms",
+        cfg.workers,
+        hello.wrk.req_per_sec,
+        plain.wrk.req_per_sec,
+        hello.wrk.req_per_sec / plain.wrk.req_per_sec,
+        ms(hello.wrk.p99, 2),
+        ms(plain.wrk.p99, 2),
+    ))
+}
+
+/// Evaluates the issue's targets.
+pub fn targets(rows: &[Row], cfg: &Config) -> Vec<Target> {
+    let mut out = Vec::new();
+    let mut push = |verdict, text: String| out.push(Target { verdict, text });
+    let endless: Vec<_> = data(rows, Kind::Endless).collect();
+
+    // 1. Zero failed requests over the upgrades, both modes.
+    if endless.is_empty() {
+        push(
+            Verdict::Skip,
+            "0 failed requests during upgrades: no endless rows".into(),
+        );
+    } else {
+        let mut ok = true;
+        let parts: Vec<String> = endless
+            .iter()
+            .map(|(r, d)| match d {
+                Ok(d) => {
+                    let w = &d.wrk;
+                    ok &= w.failed() == 0;
+                    format!(
+                        "{} {} (non-2xx {}, connect {}, read {}, write {}, timeout {})",
+                        tag(r),
+                        w.failed(),
+                        w.non_2xx,
+                        w.connect_errors,
+                        w.read_errors,
+                        w.write_errors,
+                        w.timeout_errors
+                    )
+                }
+                Err(_) => {
+                    ok = false;
+                    format!("{} row failed to run", tag(r))
+                }
+            })
+            .collect();
+        push(
+            verdict(ok),
+            format!(
+                "0 failed requests (non-2xx + socket errors) over {} upgrades per row: {}",
+                cfg.restarts,
+                parts.join("; ")
+            ),
+        );
+    }
+
+    // 2. Every scheduled upgrade became ready and every old process exited.
+    let upgrade_rows: Vec<_> = endless
+        .iter()
+        .copied()
+        .chain(data(rows, Kind::Scale))
+        .collect();
+    if !upgrade_rows.is_empty() {
+        let (mut done, mut asked, mut exited, mut ok) = (0, 0, 0, true);
+        for (_, d) in &upgrade_rows {
+            match d {
+                Ok(d) => {
+                    let r = &d.restarts;
+                    done += r.completed;
+                    asked += r.requested;
+                    exited += r.to_exit.len();
+                    ok &= r.completed == r.requested
+                        && r.to_exit.len() == r.completed as usize
+                        && r.problems.is_empty();
+                }
+                Err(_) => ok = false,
+            }
+        }
+        push(
+            verdict(ok),
+            format!(
+                "every SIGHUP upgrade completes (endless + scale rows): {done}/{asked} ready, \
+                 {exited} old processes exited"
+            ),
+        );
+    }
+
+    // 3. Throughput during upgrades vs control.
+    ratio_target(
+        &mut push,
+        rows,
+        &endless,
+        "req/s during upgrades >= 0.95 x control",
+        |d, c| {
+            let r = d.wrk.req_per_sec / c.wrk.req_per_sec;
+            (r >= 0.95, format!("{r:.3}"))
+        },
+    );
+
+    // 4. Steady state.
+    let plain = rows.iter().find(|r| r.spec.kind == Kind::Plain);
+    match (control(rows, ConnMode::KeepAlive), plain) {
+        (Some(c), Some(p)) => match (&c.result, &p.result) {
+            (Ok(c), Ok(p)) => {
+                let r = c.wrk.req_per_sec / p.wrk.req_per_sec;
+                push(
+                    verdict(r >= 0.98),
+                    format!(
+                        "steady-state hello >= 0.98 x plain_hello (keep-alive, --workers {}): {r:.3}",
+                        cfg.workers
+                    ),
+                );
+            }
+            _ => push(
+                Verdict::Fail,
+                "steady-state hello >= 0.98 x plain_hello: a row failed to run".into(),
+            ),
+        },
+        _ => push(
+            Verdict::Skip,
+            "steady-state hello >= 0.98 x plain_hello: control keep-alive or plain row not run"
+                .into(),
+        ),
+    }
+
+    // 5. SIGHUP -> ready median.
+    if !endless.is_empty() {
+        let mut ok = true;
+        let parts: Vec<String> = endless
+            .iter()
+            .map(
+                |(r, d)| match d.ok().and_then(|d| median(&d.restarts.to_ready)) {
+                    Some(m) => {
+                        ok &= m <= Duration::from_millis(20);
+                        format!("{} {} ms", tag(r), ms(m, 1))
+                    }
+                    None => {
+                        ok = false;
+                        format!("{} no completed upgrade", tag(r))
+                    }
+                },
+            )
+            .collect();
+        push(
+            verdict(ok),
+            format!("SIGHUP->ready median <= 20 ms: {}", parts.join("; ")),
+        );
+    }
+
+    // 6. p99 during upgrades vs control.
+    ratio_target(
+        &mut push,
+        rows,
+        &endless,
+        "p99 during upgrades <= 2 x control p99",
+        |d, c| {
+            (
+                d.wrk.p99 <= c.wrk.p99 * 2,
+                format!("{} ms vs {} ms", ms(d.wrk.p99, 2), ms(c.wrk.p99, 2)),
+            )
+        },
+    );
+
+    // 7. Scale.
+    let scale: Vec<_> = data(rows, Kind::Scale).collect();
+    if scale.is_empty() {
+        push(Verdict::Skip, "scale: no scale rows".into());
+    } else {
+        let mut ok = true;
+        let parts: Vec<String> = scale
+            .iter()
+            .map(|(r, d)| match d {
+                Ok(d) => {
+                    let w = &d.wrk;
+                    let rs = &d.restarts;
+                    ok &= w.failed() == 0 && rs.completed == rs.requested;
+                    format!(
+                        "run {}: {}/{} upgrades, {} failed (non-2xx {}, connect {}, read {}, \
+                         write {}, timeout {})",
+                        r.spec.run,
+                        rs.completed,
+                        rs.requested,
+                        w.failed(),
+                        w.non_2xx,
+                        w.connect_errors,
+                        w.read_errors,
+                        w.write_errors,
+                        w.timeout_errors
+                    )
+                }
+                Err(_) => {
+                    ok = false;
+                    format!("run {}: row failed to run", r.spec.run)
+                }
+            })
+            .collect();
+        push(
+            verdict(ok),
+            format!(
+                "scale: {} keep-alive connections across {} upgrades, 0 failed: {}",
+                cfg.scale_connections,
+                cfg.scale_restarts,
+                parts.join("; ")
+            ),
+        );
+    }
+
+    // 8. Old process exit, approximated.
+    if !endless.is_empty() {
+        let all: Vec<Duration> = endless
+            .iter()
+            .filter_map(|(_, d)| d.ok())
+            .flat_map(|d| d.restarts.to_exit.iter().copied())
+            .collect();
+        let max = all.iter().max().copied();
+        let ok = endless.iter().all(|(_, d)| d.is_ok())
+            && max.is_some_and(|m| m <= Duration::from_millis(100));
+        push(
+            verdict(ok),
+            format!(
+                "old process exits <= 100 ms after its last in-flight request (approximated by \
+                 ready->old exit under saturation, where every connection has a request in \
+                 flight): median {} ms, max {} ms over {} upgrades",
+                median(&all).map_or("-".into(), |m| ms(m, 1)),
+                max.map_or("-".into(), |m| ms(m, 1)),
+                all.len()
+            ),
+        );
+    }
+
+    out
+}
+
+/// A target comparing each endless row with the control row of its mode.
+fn ratio_target(
+    push: &mut impl FnMut(Verdict, String),
+    rows: &[Row],
+    endless: &[(&Row, Result<&RowData, &String>)],
+    title: &str,
+    check: impl Fn(&RowData, &RowData) -> (bool, String),
+) {
+    if endless.is_empty() {
+        return;
+    }
+    let mut ok = true;
+    let mut parts = Vec::new();
+    for (r, d) in endless {
+        let ctl = control(rows, r.spec.mode).map(|c| c.result.as_ref());
+        match (d, ctl) {
+            (Ok(d), Some(Ok(c))) => {
+                let (pass, fig) = check(d, c);
+                ok &= pass;
+                parts.push(format!("{} {fig}", tag(r)));
+            }
+            (_, None) => {
+                push(Verdict::Skip, format!("{title}: no control row"));
+                return;
+            }
+            _ => {
+                ok = false;
+                parts.push(format!("{} row failed to run", tag(r)));
+            }
+        }
+    }
+    push(verdict(ok), format!("{title}: {}", parts.join("; ")));
+}
+
+/// Pass if `ok`.
+fn verdict(ok: bool) -> Verdict {
+    if ok {
+        Verdict::Pass
+    } else {
+        Verdict::Fail
+    }
+}
+
+/// Current UTC date and time, `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        let d = |v: &[u64]| {
+            v.iter()
+                .map(|m| Duration::from_millis(*m))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(median(&d(&[])), None);
+        assert_eq!(median(&d(&[3, 1, 2])), Some(Duration::from_millis(2)));
+        assert_eq!(median(&d(&[4, 1, 2, 3])), Some(Duration::from_micros(2500)));
+    }
+
+    #[test]
+    fn date_format() {
+        let s = utc_now();
+        assert_eq!(s.len(), "2025-01-01 00:00:00 UTC".len());
+        assert!(s.starts_with("20"));
+    }
+}

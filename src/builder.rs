@@ -1,0 +1,282 @@
+//! The public builder, [`Endless`], and its [`Handle`].
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::time::Duration;
+
+use actix_service::IntoServiceFactory;
+use actix_web::body::MessageBody;
+use actix_web::dev::{AppConfig, Extensions, Response, Service, ServiceFactory};
+
+use crate::drain::{OnConnect, Server};
+use crate::error::{Error, Result};
+use crate::hooks::{HookStage, Hooks, ServingEvent, SignalEvent, UpgradeEvent};
+use crate::runtime::{self, Event, Settings};
+use crate::signals::{Action, Signal};
+
+/// How long a graceful drain may last before the remaining connections are closed by force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HammerTime {
+    /// Force the close once this much time has passed since the drain began.
+    After(Duration),
+    /// Never force: the drain lasts until the last connection is gone (or `SIGUSR2`).
+    Never,
+}
+
+impl From<Duration> for HammerTime {
+    fn from(d: Duration) -> Self {
+        HammerTime::After(d)
+    }
+}
+
+/// A cheap, cloneable handle that asks the runtime to act, as the signals do.
+///
+/// Commands sent through a handle run the same actions as the signals but not the signal
+/// hooks. Each method returns `false` if the runtime has already finished.
+#[derive(Clone)]
+pub struct Handle {
+    tx: Sender<Event>,
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle").finish_non_exhaustive()
+    }
+}
+
+impl Handle {
+    /// Starts an upgrade, as `SIGHUP` does.
+    pub fn upgrade(&self) -> bool {
+        self.tx.send(Event::Command(Action::Upgrade)).is_ok()
+    }
+
+    /// Starts a graceful stop, as `SIGTERM` does (a second call forces the close).
+    pub fn graceful_stop(&self) -> bool {
+        self.tx.send(Event::Command(Action::GracefulStop)).is_ok()
+    }
+
+    /// Closes every connection now, as `SIGUSR2` does.
+    pub fn force_stop(&self) -> bool {
+        self.tx.send(Event::Command(Action::ForceStop)).is_ok()
+    }
+}
+
+type Configure<S, B> = Box<dyn FnOnce(Server<S, B>) -> Server<S, B>>;
+
+/// The runtime builder: an actix-web application plus how to serve, upgrade and stop it.
+///
+/// | option | default |
+/// |---|---|
+/// | [`bind`](Self::bind) | none: at least one address, unless sockets are inherited |
+/// | [`pid_file`](Self::pid_file) | none |
+/// | [`hammer_time`](Self::hammer_time) | 60 s |
+/// | [`upgrade_timeout`](Self::upgrade_timeout) | 30 s |
+/// | [`idle_close_after`](Self::idle_close_after) | 250 ms |
+/// | [`backlog`](Self::backlog) | 4096 |
+/// | [`executable`](Self::executable) | the path this process was started as |
+/// | [`configure`](Self::configure) | actix-web's defaults |
+pub struct Endless<F, I, S, B>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: IntoServiceFactory<S, actix_http::Request>,
+    S: ServiceFactory<actix_http::Request, Config = AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: fmt::Debug,
+    S::Response: Into<Response<B>> + 'static,
+    <S::Service as Service<actix_http::Request>>::Future: 'static,
+    S::Service: 'static,
+    B: MessageBody + 'static,
+{
+    pub(crate) factory: F,
+    pub(crate) binds: Vec<(String, std::io::Result<Vec<SocketAddr>>)>,
+    pub(crate) settings: Settings,
+    pub(crate) hooks: Hooks,
+    pub(crate) configure: Option<Configure<S, B>>,
+    pub(crate) on_connect: Option<OnConnect>,
+    pub(crate) events: (Sender<Event>, Receiver<Event>),
+    _types: std::marker::PhantomData<fn() -> I>,
+}
+
+impl<F, I, S, B> Endless<F, I, S, B>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: IntoServiceFactory<S, actix_http::Request>,
+    S: ServiceFactory<actix_http::Request, Config = AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: fmt::Debug,
+    S::Response: Into<Response<B>> + 'static,
+    <S::Service as Service<actix_http::Request>>::Future: 'static,
+    S::Service: 'static,
+    B: MessageBody + 'static,
+{
+    /// A runtime for the application `factory` (what `HttpServer::new` takes).
+    pub fn new(factory: F) -> Self {
+        Endless {
+            factory,
+            binds: Vec::new(),
+            settings: Settings::default(),
+            hooks: Hooks::default(),
+            configure: None,
+            on_connect: None,
+            events: channel(),
+            _types: std::marker::PhantomData,
+        }
+    }
+
+    /// Serves on a TCP address such as `127.0.0.1:8080` or `[::]:443`; may be called more than
+    /// once. A name that resolves to several addresses serves on all of them. Resolution or
+    /// bind errors are reported by [`run`](Self::run), naming the address.
+    pub fn bind(mut self, addr: impl ToSocketAddrs + fmt::Display) -> Self {
+        let resolved = addr.to_socket_addrs().map(Iterator::collect);
+        self.binds.push((addr.to_string(), resolved));
+        self
+    }
+
+    /// Writes this process's pid to `path` once it serves (atomically: a temporary file and a
+    /// rename). After an upgrade the new process rewrites it before it reports ready; at the
+    /// final exit the file is removed if, and only if, it still names this process.
+    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.settings.pid_file = Some(path.into());
+        self
+    }
+
+    /// How long a graceful drain (after an upgrade or on `SIGTERM`) may last before the
+    /// remaining connections are forced closed. A `Duration` or [`HammerTime::Never`].
+    pub fn hammer_time(mut self, hammer_time: impl Into<HammerTime>) -> Self {
+        self.settings.hammer_time = hammer_time.into();
+        self
+    }
+
+    /// How long a new process has to report ready before the upgrade counts as failed, the new
+    /// process is killed and this one serves on.
+    pub fn upgrade_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.upgrade_timeout = timeout;
+        self
+    }
+
+    /// During a drain, once no request has been in flight for this long, the connections left
+    /// are idle keep-alive connections and are closed. Every connection that does send a
+    /// request during the drain gets `Connection: close` on its response instead.
+    pub fn idle_close_after(mut self, idle: Duration) -> Self {
+        self.settings.idle_close_after = idle;
+        self
+    }
+
+    /// The listen backlog of sockets this runtime binds (inherited sockets keep theirs).
+    pub fn backlog(mut self, backlog: u32) -> Self {
+        self.settings.backlog = backlog;
+        self
+    }
+
+    /// The program an upgrade starts, instead of the path this process was started as.
+    /// A relative path is taken from the working directory at start-up.
+    pub fn executable(mut self, path: impl Into<PathBuf>) -> Self {
+        self.settings.executable = Some(path.into());
+        self
+    }
+
+    /// Tunes the inner `HttpServer` (workers, keep-alive, timeouts, ...), e.g.
+    /// `.configure(|server| server.workers(4))`. Listening sockets, signals and `on_connect`
+    /// are the runtime's: use [`bind`](Self::bind) and [`on_connect`](Self::on_connect).
+    pub fn configure(
+        mut self,
+        configure: impl FnOnce(Server<S, B>) -> Server<S, B> + 'static,
+    ) -> Self {
+        self.configure = Some(Box::new(configure));
+        self
+    }
+
+    /// A per-connection callback, as `HttpServer::on_connect` (which the runtime uses itself).
+    pub fn on_connect(
+        mut self,
+        f: impl Fn(&dyn std::any::Any, &mut Extensions) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_connect = Some(Box::new(f));
+        self
+    }
+
+    /// Runs `hook` before ([`HookStage::Pre`]) or after ([`HookStage::Post`]) the runtime acts
+    /// on `signal`. Hooks run on the runtime's control thread, in registration order; a slow
+    /// hook delays the handling of later signals.
+    pub fn hook(
+        mut self,
+        signal: Signal,
+        stage: HookStage,
+        hook: impl Fn(&SignalEvent) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.add_signal(signal, stage, Box::new(hook));
+        self
+    }
+
+    /// Runs `hook` in every generation once it serves (after its pid file is written and it
+    /// has reported ready).
+    pub fn on_serving(mut self, hook: impl Fn(&ServingEvent) + Send + Sync + 'static) -> Self {
+        self.hooks.serving.push(Box::new(hook));
+        self
+    }
+
+    /// Runs `hook` in the old process when the new one has reported ready, before the drain.
+    pub fn on_upgrade_ready(
+        mut self,
+        hook: impl Fn(&UpgradeEvent) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.upgrade_ready.push(Box::new(hook));
+        self
+    }
+
+    /// Runs `hook` in the old process when an upgrade fails (it serves on).
+    pub fn on_upgrade_failed(mut self, hook: impl Fn(&Error) + Send + Sync + 'static) -> Self {
+        self.hooks.upgrade_failed.push(Box::new(hook));
+        self
+    }
+
+    /// A handle to command the runtime from code, e.g. from an admin endpoint.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            tx: self.events.0.clone(),
+        }
+    }
+
+    /// Serves until this process is done: stopped by a signal or a [`Handle`], or drained after
+    /// handing over to a new generation. Returns an error if it cannot start.
+    pub fn run(self) -> Result<()> {
+        runtime::run(self)
+    }
+}
+
+/// Resolves the configured addresses, failing on the first that did not resolve.
+pub(crate) fn resolve(
+    binds: Vec<(String, std::io::Result<Vec<SocketAddr>>)>,
+) -> Result<Vec<SocketAddr>> {
+    let mut addrs = Vec::new();
+    for (text, resolved) in binds {
+        let resolved = resolved.map_err(|source| Error::Bind {
+            addr: text.clone(),
+            source,
+        })?;
+        if resolved.is_empty() {
+            return Err(Error::Bind {
+                addr: text,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "resolves to no address",
+                ),
+            });
+        }
+        addrs.extend(resolved);
+    }
+    Ok(addrs)
+}
+
+impl HookStage {
+    pub(crate) fn event(self, signal: Signal, pid: u32, generation: u64) -> SignalEvent {
+        SignalEvent {
+            signal,
+            stage: self,
+            pid,
+            generation,
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The service wrapper that makes a drain lose nothing.
+//!
+//! actix's own graceful stop will not read a request that already sits in a keep-alive
+//! connection's socket buffer, and drops connections still queued for a worker. The runtime
+//! drains differently: it stops accepting (`pause`), then every response carries
+//! `Connection: close` so each client finishes its current exchange and reconnects (to the new
+//! generation), and the runtime waits until this process's connections are gone. For that it
+//! counts open connections (a guard in the connection's extensions) and requests whose response
+//! body has not been sent yet (a guard inside the body), in the process-wide [`TRACKER`].
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use actix_web::body::{BodySize, MessageBody};
+use actix_web::dev::{AppConfig, Extensions, Response, Service, ServiceFactory};
+use actix_web::http::ConnectionType;
+use actix_web::web::Bytes;
+use actix_web::HttpServer;
+
+/// The one tracker of this process (the runtime owns process-wide signals, so there is one).
+pub(crate) static TRACKER: Tracker = Tracker::new();
+
+/// Counts of what this process is still serving.
+pub(crate) struct Tracker {
+    draining: AtomicBool,
+    connections: AtomicUsize,
+    in_flight: AtomicUsize,
+    /// When the last response finished, in nanoseconds since [`epoch`].
+    last_done: AtomicU64,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_nanos() -> u64 {
+    u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Tracker {
+    const fn new() -> Self {
+        Tracker {
+            draining: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            last_done: AtomicU64::new(0),
+        }
+    }
+
+    /// From now on every response asks its client to close the connection.
+    pub(crate) fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::SeqCst);
+    }
+
+    fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Open connections of this process.
+    pub(crate) fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Requests whose response has not been completely sent.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// How long no request has been in flight (zero while one is).
+    pub(crate) fn idle_for(&self) -> Duration {
+        if self.in_flight() > 0 {
+            return Duration::ZERO;
+        }
+        let done = self.last_done.load(Ordering::SeqCst);
+        Duration::from_nanos(now_nanos().saturating_sub(done))
+    }
+
+    /// Marks the start of an idle period (used when a drain begins with nothing in flight).
+    pub(crate) fn touch(&self) {
+        self.last_done.store(now_nanos(), Ordering::SeqCst);
+    }
+}
+
+/// Lives in a connection's extensions; counts the connection while it is open.
+struct ConnectionGuard;
+
+impl ConnectionGuard {
+    fn new() -> Self {
+        TRACKER.connections.fetch_add(1, Ordering::SeqCst);
+        ConnectionGuard
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        TRACKER.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The `on_connect` callback the runtime installs: counts the connection, then calls the
+/// application's own callback, if any.
+pub(crate) fn on_connect(user: Option<&OnConnect>, io: &dyn std::any::Any, ext: &mut Extensions) {
+    ext.insert(ConnectionGuard::new());
+    if let Some(user) = user {
+        user(io, ext);
+    }
+}
+
+/// An application `on_connect` callback (see [`crate::Endless::on_connect`]).
+pub(crate) type OnConnect = Box<dyn Fn(&dyn std::any::Any, &mut Extensions) + Send + Sync>;
+
+/// Counts one request until its response body is dropped.
+struct InFlightGuard;
+
+impl InFlightGuard {
+    fn new() -> Self {
+        TRACKER.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        TRACKER.last_done.store(now_nanos(), Ordering::SeqCst);
+        TRACKER.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted as in flight until it is dropped (sent
+    /// or abandoned).
+    pub struct CountedBody<B> {
+        #[pin]
+        body: B,
+        guard: InFlightGuard,
+    }
+}
+
+impl<B: MessageBody> MessageBody for CountedBody<B> {
+    type Error = B::Error;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        self.project().body.poll_next(cx)
+    }
+}
+
+/// The runtime's wrapper around the application's service factory.
+pub struct DrainApp<S, B> {
+    inner: S,
+    _body: PhantomData<fn() -> B>,
+}
+
+/// The service built by [`DrainApp`].
+pub struct DrainService<S, B> {
+    inner: S,
+    _body: PhantomData<fn() -> B>,
+}
+
+type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+impl<S, B> ServiceFactory<actix_http::Request> for DrainApp<S, B>
+where
+    S: ServiceFactory<actix_http::Request, Config = AppConfig>,
+    S::Future: 'static,
+    S::Service: 'static,
+    S::Response: Into<Response<B>>,
+    B: MessageBody,
+{
+    type Response = Response<CountedBody<B>>;
+    type Error = S::Error;
+    type Config = AppConfig;
+    type Service = DrainService<S::Service, B>;
+    type InitError = S::InitError;
+    type Future = LocalBoxFuture<Result<Self::Service, Self::InitError>>;
+
+    fn new_service(&self, cfg: AppConfig) -> Self::Future {
+        let fut = self.inner.new_service(cfg);
+        Box::pin(async move {
+            fut.await.map(|inner| DrainService {
+                inner,
+                _body: PhantomData,
+            })
+        })
+    }
+}
+
+impl<S, B> Service<actix_http::Request> for DrainService<S, B>
+where
+    S: Service<actix_http::Request>,
+    S::Future: 'static,
+    S::Response: Into<Response<B>>,
+    B: MessageBody,
+{
+    type Response = Response<CountedBody<B>>;
+    type Error = S::Error;
+    type Future = Counted<S::Future, B>;
+
+    actix_web::dev::forward_ready!(inner);
+
+    fn call(&self, req: actix_http::Request) -> Self::Future {
+        Counted {
+            guard: Some(InFlightGuard::new()),
+            fut: self.inner.call(req),
+            _body: PhantomData,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`DrainService`]: moves the in-flight guard into the body and
+    /// asks the client to close the connection while draining.
+    pub struct Counted<F, B> {
+        guard: Option<InFlightGuard>,
+        #[pin]
+        fut: F,
+        _body: PhantomData<fn() -> B>,
+    }
+}
+
+impl<F, R, E, B> Future for Counted<F, B>
+where
+    F: Future<Output = Result<R, E>>,
+    R: Into<Response<B>>,
+{
+    type Output = Result<Response<CountedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res: Response<B> = match this.fut.poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(res)) => res.into(),
+        };
+        let guard = this.guard.take().unwrap_or_else(InFlightGuard::new);
+        let mut res = res.map_body(|_, body| CountedBody { body, guard });
+        if TRACKER.draining() {
+            res.head_mut().set_connection_type(ConnectionType::Close);
+        }
+        Poll::Ready(Ok(res))
+    }
+}
+
+/// The application factory the runtime registers; read back by [`make_app`] in every worker.
+static FACTORY: Mutex<Option<Box<dyn std::any::Any + Send>>> = Mutex::new(None);
+
+/// Stores the application factory for the workers of the runtime about to start.
+pub(crate) fn register_factory<F: Send + 'static>(factory: F) {
+    *FACTORY.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(factory));
+}
+
+/// Builds one worker's application: the registered factory's app inside [`DrainApp`].
+///
+/// A plain `fn` (not a closure) so that the server type can be named in
+/// [`crate::Endless::configure`].
+pub(crate) fn make_app<F, I, S, B>() -> DrainApp<S, B>
+where
+    F: Fn() -> I + Clone + Send + 'static,
+    I: actix_service::IntoServiceFactory<S, actix_http::Request>,
+    S: ServiceFactory<actix_http::Request, Config = AppConfig>,
+{
+    let factory: F = FACTORY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .and_then(|f| f.downcast_ref::<F>())
+        .cloned()
+        // The runtime registers the factory of this very type before it starts any worker, and
+        // only one runtime runs per process.
+        .expect("actix-endless: application factory registered before the workers start");
+    DrainApp {
+        inner: factory().into_factory(),
+        _body: PhantomData,
+    }
+}
+
+/// The `HttpServer` type the runtime builds around an application whose service factory is `S`
+/// and body type is `B`: what [`crate::Endless::configure`] receives and returns.
+pub type Server<S, B> =
+    HttpServer<fn() -> DrainApp<S, B>, DrainApp<S, B>, DrainApp<S, B>, CountedBody<B>>;

@@ -1,0 +1,88 @@
+//! User hooks: before and after each handled signal, and at lifecycle events.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use crate::error::Error;
+use crate::signals::Signal;
+
+/// When a signal hook runs relative to the runtime's own action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HookStage {
+    /// Before the runtime acts on the signal.
+    Pre,
+    /// After the runtime has acted: for `SIGHUP` once the upgrade succeeded or failed, for
+    /// `SIGINT`/`SIGTERM`/`SIGUSR2` once the server has stopped, for `SIGUSR1`/`SIGTSTP` right
+    /// after the pre hook.
+    Post,
+}
+
+/// What a signal hook is told.
+#[derive(Debug, Clone, Copy)]
+pub struct SignalEvent {
+    /// The signal.
+    pub signal: Signal,
+    /// Pre or post.
+    pub stage: HookStage,
+    /// This process's pid.
+    pub pid: u32,
+    /// This process's generation.
+    pub generation: u64,
+}
+
+/// What the serving hook is told.
+#[derive(Debug, Clone)]
+pub struct ServingEvent {
+    /// This process's pid.
+    pub pid: u32,
+    /// This process's generation.
+    pub generation: u64,
+    /// The TCP addresses served (Unix sockets are not listed).
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// What the upgrade-ready hook is told.
+#[derive(Debug, Clone, Copy)]
+pub struct UpgradeEvent {
+    /// This (old) process's pid.
+    pub pid: u32,
+    /// The new process's pid.
+    pub new_pid: u32,
+    /// The new process's generation.
+    pub new_generation: u64,
+}
+
+type SignalHook = Box<dyn Fn(&SignalEvent) + Send + Sync>;
+
+/// The registered hooks.
+#[derive(Default)]
+pub(crate) struct Hooks {
+    signal: HashMap<(Signal, HookStage), Vec<SignalHook>>,
+    pub(crate) serving: Vec<Box<dyn Fn(&ServingEvent) + Send + Sync>>,
+    pub(crate) upgrade_ready: Vec<Box<dyn Fn(&UpgradeEvent) + Send + Sync>>,
+    pub(crate) upgrade_failed: Vec<Box<dyn Fn(&Error) + Send + Sync>>,
+}
+
+impl Hooks {
+    pub(crate) fn add_signal(&mut self, signal: Signal, stage: HookStage, hook: SignalHook) {
+        self.signal.entry((signal, stage)).or_default().push(hook);
+    }
+
+    pub(crate) fn run_signal(&self, event: SignalEvent) {
+        for hook in self
+            .signal
+            .get(&(event.signal, event.stage))
+            .into_iter()
+            .flatten()
+        {
+            run_guarded("signal", || hook(&event));
+        }
+    }
+}
+
+/// Runs a hook; a panicking hook is logged and does not take the runtime down.
+pub(crate) fn run_guarded(what: &str, hook: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(hook)).is_err() {
+        log::error!("a {what} hook panicked; the runtime carries on");
+    }
+}

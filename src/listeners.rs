@@ -1,0 +1,483 @@
+//! The inheritance protocol: which listening sockets a process was handed, and how it hands them
+//! on.
+//!
+//! It is systemd's socket-passing protocol, so the same code adopts sockets from systemd socket
+//! activation and from a previous generation of this process:
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `LISTEN_PID` | the pid the variables are meant for; any other value means "not for us" |
+//! | `LISTEN_FDS` | how many listening sockets start at fd 3 |
+//! | `LISTEN_FDNAMES` | their names, separated by `:` (optional) |
+//! | `ACTIX_ENDLESS_READY_FD` | a pipe on which to write one byte once serving (upgrades only) |
+//! | `ACTIX_ENDLESS_GENERATION` | this process's generation number (upgrades only) |
+//!
+//! Parsing ([`parse`]) is pure and never touches a descriptor; [`adopt`] then validates every
+//! descriptor (open, a socket, a listening stream socket of a known family) before it takes
+//! ownership, and leaves descriptors alone when validation fails.
+
+use std::fmt;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+
+use crate::error::{Error, Result};
+use crate::sys::{self, ListenerFamily};
+
+/// systemd: the pid the passed descriptors are meant for.
+pub const LISTEN_PID: &str = "LISTEN_PID";
+/// systemd: how many descriptors are passed, from fd 3 on.
+pub const LISTEN_FDS: &str = "LISTEN_FDS";
+/// systemd: the `:`-separated names of the passed descriptors.
+pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
+/// This crate: the descriptor on which a new generation reports ready.
+pub const READY_FD: &str = "ACTIX_ENDLESS_READY_FD";
+/// This crate: the generation number of the new process.
+pub const GENERATION: &str = "ACTIX_ENDLESS_GENERATION";
+
+/// The first descriptor number of the protocol.
+const FIRST_FD: RawFd = 3;
+/// More passed sockets than this is not a plausible configuration.
+const MAX_FDS: usize = 4096;
+
+/// The raw values of the inheritance variables, as found in the environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InheritEnv {
+    /// `LISTEN_PID`.
+    pub listen_pid: Option<String>,
+    /// `LISTEN_FDS`.
+    pub listen_fds: Option<String>,
+    /// `LISTEN_FDNAMES`.
+    pub listen_fdnames: Option<String>,
+    /// `ACTIX_ENDLESS_READY_FD`.
+    pub ready_fd: Option<String>,
+    /// `ACTIX_ENDLESS_GENERATION`.
+    pub generation: Option<String>,
+}
+
+impl InheritEnv {
+    /// Reads the variables from this process's environment (non-UTF-8 values are kept lossily,
+    /// so they fail parsing with a clear message instead of being skipped).
+    pub fn from_process() -> Self {
+        let var = |name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
+        InheritEnv {
+            listen_pid: var(LISTEN_PID),
+            listen_fds: var(LISTEN_FDS),
+            listen_fdnames: var(LISTEN_FDNAMES),
+            ready_fd: var(READY_FD),
+            generation: var(GENERATION),
+        }
+    }
+}
+
+/// What the variables say, before any descriptor is looked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InheritPlan {
+    /// The passed listener descriptors and their names, in order.
+    pub listeners: Vec<(RawFd, String)>,
+    /// The readiness pipe, on an upgrade.
+    pub ready_fd: Option<RawFd>,
+    /// This process's generation: 1 unless an upgrade says otherwise.
+    pub generation: u64,
+}
+
+/// Parses the inheritance variables for the process `my_pid`. Pure: no descriptor is touched.
+///
+/// Variables meant for another pid (or with no `LISTEN_PID` at all) are ignored, as systemd
+/// specifies, and the result is a plain first start. Values that are meant for us but malformed
+/// are an [`Error::Env`] that names the variable.
+pub fn parse(env: &InheritEnv, my_pid: u32) -> Result<InheritPlan> {
+    let fresh = InheritPlan {
+        listeners: Vec::new(),
+        ready_fd: None,
+        generation: 1,
+    };
+    let Some(pid_text) = env.listen_pid.as_deref() else {
+        return Ok(fresh);
+    };
+    let pid: u32 = parse_number(LISTEN_PID, pid_text)?;
+    if pid != my_pid {
+        return Ok(fresh);
+    }
+    let count: usize = match env.listen_fds.as_deref() {
+        None => 0,
+        Some(text) => parse_number(LISTEN_FDS, text)?,
+    };
+    if count > MAX_FDS {
+        return Err(env_error(
+            LISTEN_FDS,
+            &count.to_string(),
+            format!("more than {MAX_FDS} descriptors"),
+        ));
+    }
+    let names: Vec<String> = match env.listen_fdnames.as_deref() {
+        None => vec!["unknown".to_owned(); count],
+        Some(text) => {
+            let names: Vec<String> = if text.is_empty() && count == 0 {
+                Vec::new()
+            } else {
+                text.split(':').map(str::to_owned).collect()
+            };
+            if names.len() != count {
+                return Err(env_error(
+                    LISTEN_FDNAMES,
+                    text,
+                    format!("{} names for {count} descriptors", names.len()),
+                ));
+            }
+            if let Some(bad) = names.iter().find(|n| !valid_name(n)) {
+                return Err(env_error(
+                    LISTEN_FDNAMES,
+                    text,
+                    format!("name {bad:?} is empty, too long or has control characters"),
+                ));
+            }
+            names
+        }
+    };
+    let listeners = (FIRST_FD..).zip(names).collect();
+    let first_free = FIRST_FD + count as RawFd;
+    let ready_fd = match env.ready_fd.as_deref() {
+        None => None,
+        Some(text) => {
+            let fd: RawFd = parse_number(READY_FD, text)?;
+            if fd < first_free {
+                return Err(env_error(
+                    READY_FD,
+                    text,
+                    format!("must be above the {count} listening descriptors from fd 3"),
+                ));
+            }
+            Some(fd)
+        }
+    };
+    let generation = match env.generation.as_deref() {
+        None => 1,
+        Some(text) => {
+            let generation: u64 = parse_number(GENERATION, text)?;
+            if generation < 2 {
+                return Err(env_error(
+                    GENERATION,
+                    text,
+                    "an upgraded process has generation 2 or more".to_owned(),
+                ));
+            }
+            generation
+        }
+    };
+    Ok(InheritPlan {
+        listeners,
+        ready_fd,
+        generation,
+    })
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 255 && !name.chars().any(|c| c.is_control())
+}
+
+fn parse_number<T: std::str::FromStr>(var: &'static str, text: &str) -> Result<T> {
+    text.parse()
+        .map_err(|_| env_error(var, text, "is not a non-negative decimal number".to_owned()))
+}
+
+fn env_error(var: &'static str, value: &str, reason: String) -> Error {
+    Error::Env {
+        var,
+        value: value.chars().take(200).collect(),
+        reason,
+    }
+}
+
+/// A listening socket the server serves on.
+#[derive(Debug)]
+pub(crate) enum Socket {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Socket {
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Socket::Tcp(l) => l.as_fd(),
+            Socket::Unix(l) => l.as_fd(),
+        }
+    }
+
+    pub(crate) fn try_clone(&self) -> std::io::Result<Socket> {
+        Ok(match self {
+            Socket::Tcp(l) => Socket::Tcp(l.try_clone()?),
+            Socket::Unix(l) => Socket::Unix(l.try_clone()?),
+        })
+    }
+}
+
+impl fmt::Display for Socket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Socket::Tcp(l) => match l.local_addr() {
+                Ok(addr) => write!(f, "{addr}"),
+                Err(_) => write!(f, "tcp socket"),
+            },
+            Socket::Unix(l) => match l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(|p| p.to_owned()))
+            {
+                Some(path) => write!(f, "unix:{}", path.display()),
+                None => write!(f, "unix socket"),
+            },
+        }
+    }
+}
+
+/// A named listening socket.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    pub(crate) name: String,
+    pub(crate) socket: Socket,
+}
+
+/// What a process adopted from its parent (or from systemd).
+#[derive(Debug)]
+pub(crate) struct Inherited {
+    pub(crate) listeners: Vec<Listener>,
+    pub(crate) ready: Option<OwnedFd>,
+    pub(crate) generation: u64,
+}
+
+/// Validates every descriptor the plan names and takes ownership of them, all or nothing.
+pub(crate) fn adopt(plan: InheritPlan) -> Result<Inherited> {
+    let mut checked = Vec::with_capacity(plan.listeners.len());
+    for (fd, name) in plan.listeners {
+        let fd_error = |reason: String| Error::InheritedFd {
+            var: LISTEN_FDS,
+            fd,
+            reason,
+        };
+        let borrowed = sys::borrow_inherited(fd)
+            .map_err(|e| fd_error(format!("is not an open descriptor ({e})")))?;
+        let family = sys::inspect_listener(borrowed).map_err(fd_error)?;
+        checked.push((borrowed, name, family));
+    }
+    let ready = match plan.ready_fd {
+        None => None,
+        Some(fd) => {
+            let fd_error = |reason: String| Error::InheritedFd {
+                var: READY_FD,
+                fd,
+                reason,
+            };
+            let borrowed = sys::borrow_inherited(fd)
+                .map_err(|e| fd_error(format!("is not an open descriptor ({e})")))?;
+            if !sys::is_fifo(borrowed) {
+                return Err(fd_error("is not a pipe".to_owned()));
+            }
+            Some(borrowed)
+        }
+    };
+    // Everything is valid: only now take ownership (and set close-on-exec).
+    let mut listeners = Vec::with_capacity(checked.len());
+    for (borrowed, name, family) in checked {
+        let fd = borrowed.as_raw_fd();
+        let owned = sys::own_inherited(borrowed).map_err(|e| Error::InheritedFd {
+            var: LISTEN_FDS,
+            fd,
+            reason: format!("cannot be made close-on-exec ({e})"),
+        })?;
+        let socket = match family {
+            ListenerFamily::Tcp => Socket::Tcp(TcpListener::from(owned)),
+            ListenerFamily::Unix => Socket::Unix(UnixListener::from(owned)),
+        };
+        listeners.push(Listener { name, socket });
+    }
+    let ready = match ready {
+        None => None,
+        Some(borrowed) => {
+            let fd = borrowed.as_raw_fd();
+            Some(
+                sys::own_inherited(borrowed).map_err(|e| Error::InheritedFd {
+                    var: READY_FD,
+                    fd,
+                    reason: format!("cannot be made close-on-exec ({e})"),
+                })?,
+            )
+        }
+    };
+    Ok(Inherited {
+        listeners,
+        ready,
+        generation: plan.generation,
+    })
+}
+
+/// The name a configured TCP address goes by in `LISTEN_FDNAMES` (which forbids `:`).
+pub(crate) fn tcp_name(addr: &SocketAddr) -> String {
+    format!("tcp-{addr}").replace(':', "_")
+}
+
+/// Matches configured addresses to inherited sockets (by name first, then by position among
+/// the unmatched ones), binds the rest, and returns the listeners in configuration order.
+/// Inherited sockets that match nothing are served too when nothing is configured (pure
+/// socket activation); otherwise they are closed with a warning.
+pub(crate) fn assemble(
+    configured: &[SocketAddr],
+    inherited: Vec<Listener>,
+    backlog: u32,
+) -> Result<Vec<Listener>> {
+    let mut pool: Vec<Option<Listener>> = inherited.into_iter().map(Some).collect();
+    let names: Vec<String> = configured.iter().map(tcp_name).collect();
+    let mut chosen: Vec<Option<Listener>> = names
+        .iter()
+        .map(|name| {
+            pool.iter_mut()
+                .find(|slot| {
+                    matches!(slot, Some(l) if &l.name == name && matches!(l.socket, Socket::Tcp(_)))
+                })
+                .and_then(Option::take)
+        })
+        .collect();
+    for slot in chosen.iter_mut().filter(|s| s.is_none()) {
+        let next = pool
+            .iter_mut()
+            .find(|l| matches!(l, Some(Listener { socket: Socket::Tcp(_), name }) if !names.contains(name)));
+        if let Some(found) = next {
+            *slot = found.take();
+        }
+    }
+    let mut listeners = Vec::with_capacity(configured.len());
+    for ((addr, name), slot) in configured.iter().zip(names).zip(chosen) {
+        match slot {
+            Some(mut inherited) => {
+                log::debug!("adopting inherited socket {} for {addr}", inherited.socket);
+                inherited.name = name;
+                listeners.push(inherited);
+            }
+            None => {
+                let socket = sys::bind_tcp(*addr, backlog).map_err(|source| Error::Bind {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+                listeners.push(Listener {
+                    name,
+                    socket: Socket::Tcp(socket),
+                });
+            }
+        }
+    }
+    let leftover: Vec<Listener> = pool.into_iter().flatten().collect();
+    if configured.is_empty() {
+        listeners.extend(leftover);
+    } else {
+        for l in leftover {
+            log::warn!(
+                "closing inherited socket {} ({:?}): it matches no configured address",
+                l.socket,
+                l.name
+            );
+        }
+    }
+    Ok(listeners)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pid: &str, fds: &str) -> InheritEnv {
+        InheritEnv {
+            listen_pid: Some(pid.into()),
+            listen_fds: Some(fds.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn no_variables_is_a_fresh_start() {
+        let plan = parse(&InheritEnv::default(), 42).unwrap();
+        assert!(plan.listeners.is_empty());
+        assert_eq!(plan.generation, 1);
+    }
+
+    #[test]
+    fn other_pid_is_ignored() {
+        let plan = parse(&env("41", "2"), 42).unwrap();
+        assert!(plan.listeners.is_empty());
+    }
+
+    #[test]
+    fn fds_and_names_are_numbered_from_three() {
+        let mut e = env("42", "2");
+        e.listen_fdnames = Some("web:admin".into());
+        e.ready_fd = Some("5".into());
+        e.generation = Some("7".into());
+        let plan = parse(&e, 42).unwrap();
+        assert_eq!(plan.listeners, vec![(3, "web".into()), (4, "admin".into())]);
+        assert_eq!(plan.ready_fd, Some(5));
+        assert_eq!(plan.generation, 7);
+    }
+
+    #[test]
+    fn garbage_names_the_variable() {
+        let err = parse(&env("42", "two"), 42).unwrap_err().to_string();
+        assert!(err.contains("LISTEN_FDS"), "{err}");
+        let err = parse(&env("x", "1"), 42).unwrap_err().to_string();
+        assert!(err.contains("LISTEN_PID"), "{err}");
+        let mut e = env("42", "2");
+        e.listen_fdnames = Some("one".into());
+        assert!(parse(&e, 42)
+            .unwrap_err()
+            .to_string()
+            .contains("LISTEN_FDNAMES"));
+        let mut e = env("42", "1");
+        e.ready_fd = Some("3".into());
+        assert!(parse(&e, 42).unwrap_err().to_string().contains(READY_FD));
+        let mut e = env("42", "1");
+        e.generation = Some("1".into());
+        assert!(parse(&e, 42).unwrap_err().to_string().contains(GENERATION));
+        let err = parse(&env("42", "99999999999999999999999"), 42).unwrap_err();
+        assert!(err.to_string().contains("LISTEN_FDS"));
+    }
+
+    #[test]
+    fn parser_never_panics_on_arbitrary_input() {
+        // A deterministic property test: every combination of awkward values.
+        let samples = [
+            "",
+            "0",
+            "1",
+            "3",
+            "-1",
+            "+1",
+            " 1",
+            "1 ",
+            "4096",
+            "4097",
+            "18446744073709551616",
+            "0x10",
+            "ünï",
+            ":",
+            "a:b",
+            "::",
+            "\u{1}",
+            "2147483647",
+            "2147483648",
+        ];
+        for pid in ["42", "x", ""] {
+            for fds in samples {
+                for names in samples {
+                    for other in samples {
+                        let e = InheritEnv {
+                            listen_pid: Some(pid.into()),
+                            listen_fds: Some(fds.into()),
+                            listen_fdnames: Some(names.into()),
+                            ready_fd: Some(other.into()),
+                            generation: Some(other.into()),
+                        };
+                        let _ = parse(&e, 42);
+                    }
+                }
+            }
+        }
+    }
+}

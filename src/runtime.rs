@@ -1,0 +1,712 @@
+//! The runtime: start-up, the control loop (signals, upgrades, drains) and shutdown.
+//!
+//! The actix server runs on the main thread's actix system. A control thread owns every
+//! lifecycle decision: it receives signals, handle commands and readiness reports on one
+//! channel and drives the server through its `ServerHandle` (pause, resume, stop).
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use actix_service::IntoServiceFactory;
+use actix_web::body::MessageBody;
+use actix_web::dev::{AppConfig, Response, ServerHandle, Service, ServiceFactory};
+use actix_web::HttpServer;
+use log::{error, info, warn};
+
+use crate::builder::{resolve, Endless, HammerTime};
+use crate::child::{self, Executable, Readiness};
+use crate::drain::{self, DrainApp, TRACKER};
+use crate::error::{Error, Result};
+use crate::hooks::{run_guarded, HookStage, Hooks, ServingEvent, UpgradeEvent};
+use crate::listeners::{self, InheritEnv, Listener, Socket};
+use crate::pidfile;
+use crate::signals::{self, Action, Signal};
+
+/// How often a drain checks whether it is done.
+const DRAIN_POLL: Duration = Duration::from_millis(2);
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+static RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// This process's generation: 1 for the first process, one more for each upgrade.
+pub fn generation() -> u64 {
+    GENERATION.load(Ordering::Relaxed)
+}
+
+/// The builder's plain settings.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) pid_file: Option<PathBuf>,
+    pub(crate) hammer_time: HammerTime,
+    pub(crate) upgrade_timeout: Duration,
+    pub(crate) idle_close_after: Duration,
+    pub(crate) backlog: u32,
+    pub(crate) executable: Option<PathBuf>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            pid_file: None,
+            hammer_time: HammerTime::After(Duration::from_secs(60)),
+            upgrade_timeout: Duration::from_secs(30),
+            idle_close_after: Duration::from_millis(250),
+            backlog: 4096,
+            executable: None,
+        }
+    }
+}
+
+/// Everything the control thread hears about.
+pub(crate) enum Event {
+    /// A signal arrived.
+    Signal(Signal),
+    /// A [`crate::Handle`] asked for an action.
+    Command(Action),
+    /// The server's workers and acceptor run: this process serves.
+    Serving,
+    /// The readiness pipe of the child `pid` said something.
+    Readiness { pid: u32, readiness: Readiness },
+    /// The server future has completed.
+    ServerStopped,
+}
+
+/// Marks the one runtime of this process; released on drop.
+struct RunningGuard;
+
+impl RunningGuard {
+    fn acquire() -> Result<RunningGuard> {
+        if RUNNING.swap(true, Ordering::SeqCst) {
+            return Err(Error::AlreadyRunning);
+        }
+        Ok(RunningGuard)
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        RUNNING.store(false, Ordering::SeqCst);
+    }
+}
+
+/// `pid 123 generation 2`, the prefix of every lifecycle log line.
+#[derive(Clone, Copy)]
+struct Who {
+    pid: u32,
+    generation: u64,
+}
+
+impl fmt::Display for Who {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pid {} generation {}", self.pid, self.generation)
+    }
+}
+
+pub(crate) fn run<F, I, S, B>(endless: Endless<F, I, S, B>) -> Result<()>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: IntoServiceFactory<S, actix_http::Request>,
+    S: ServiceFactory<actix_http::Request, Config = AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: fmt::Debug,
+    S::Response: Into<Response<B>> + 'static,
+    <S::Service as Service<actix_http::Request>>::Future: 'static,
+    S::Service: 'static,
+    B: MessageBody + 'static,
+{
+    let _running = RunningGuard::acquire()?;
+    let pid = std::process::id();
+    let inherited = listeners::adopt(listeners::parse(&InheritEnv::from_process(), pid)?)?;
+    GENERATION.store(inherited.generation, Ordering::Relaxed);
+    let who = Who {
+        pid,
+        generation: inherited.generation,
+    };
+    let Endless {
+        factory,
+        binds,
+        settings,
+        hooks,
+        configure,
+        on_connect,
+        events: (tx, rx),
+        ..
+    } = endless;
+    let exe = Executable::resolve(settings.executable.as_deref())
+        .map_err(Error::io("resolving the executable for upgrades"))?;
+    let addrs = resolve(binds)?;
+    if !inherited.listeners.is_empty() {
+        info!(
+            "{who}: inherited {} listening socket(s) from the previous generation or systemd",
+            inherited.listeners.len()
+        );
+    }
+    let listeners = listeners::assemble(&addrs, inherited.listeners, settings.backlog)?;
+    if listeners.is_empty() {
+        return Err(Error::Bind {
+            addr: "(none)".to_owned(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "no address configured and no socket inherited",
+            ),
+        });
+    }
+    let signal_handle = signals::listen(tx.clone(), Event::Signal)
+        .map_err(Error::io("installing signal handlers"))?;
+
+    drain::register_factory(factory);
+    TRACKER.set_draining(false);
+    let control = Control {
+        who,
+        settings,
+        hooks,
+        exe,
+        tx: tx.clone(),
+        ready: inherited.ready,
+        state: State::Starting,
+        final_signals: Vec::new(),
+        failure: None,
+        listeners: Vec::new(),
+        handle: None,
+    };
+    let system = actix_rt::System::new();
+    let serving_tx = tx.clone();
+    let served = system.block_on(async move {
+        let make_app: fn() -> DrainApp<S, B> = drain::make_app::<F, I, S, B>;
+        let mut server = HttpServer::new(make_app);
+        if let Some(configure) = configure {
+            server = configure(server);
+        }
+        server = server
+            .on_connect(move |io, ext| drain::on_connect(on_connect.as_ref(), io, ext))
+            .disable_signals();
+        for listener in &listeners {
+            server = listen(server, &listener.socket).map_err(|source| Error::Bind {
+                addr: listener.socket.to_string(),
+                source,
+            })?;
+        }
+        let server = server.run();
+        let control = Control {
+            listeners,
+            handle: Some(server.handle()),
+            ..control
+        };
+        let thread = std::thread::Builder::new()
+            .name("actix-endless-control".into())
+            .spawn(move || control.run(rx))
+            .map_err(Error::io("starting the control thread"))?;
+        let result = NotifyFirstPoll::new(server, serving_tx).await;
+        Ok::<_, Error>((thread, result))
+    });
+    let (thread, result) = served?;
+    let _ = tx.send(Event::ServerStopped);
+    let outcome = thread.join().unwrap_or_else(|_| Outcome {
+        final_signals: Vec::new(),
+        failure: Some(Error::Io {
+            context: "control thread",
+            source: std::io::Error::other("the control thread panicked"),
+        }),
+        hooks: None,
+        pid_file: None,
+    });
+    signal_handle.close();
+    if let Some(hooks) = &outcome.hooks {
+        for signal in &outcome.final_signals {
+            hooks.run_signal(HookStage::Post.event(*signal, who.pid, who.generation));
+        }
+    }
+    if let Some(path) = &outcome.pid_file {
+        match pidfile::remove_if_ours(path, who.pid) {
+            Ok(true) => info!("{who}: removed pid file {}", path.display()),
+            Ok(false) => {}
+            Err(e) => warn!("{who}: {e}"),
+        }
+    }
+    info!("{who}: exiting");
+    if let Some(failure) = outcome.failure {
+        return Err(failure);
+    }
+    result.map_err(Error::io("running the server"))
+}
+
+/// Hands one of our listening sockets to the server, keeping our own copy for the next
+/// hand-over.
+fn listen<S, B>(
+    server: drain::Server<S, B>,
+    socket: &Socket,
+) -> std::io::Result<drain::Server<S, B>>
+where
+    S: ServiceFactory<actix_http::Request, Config = AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: fmt::Debug,
+    S::Response: Into<Response<B>> + 'static,
+    <S::Service as Service<actix_http::Request>>::Future: 'static,
+    S::Service: 'static,
+    B: MessageBody + 'static,
+{
+    match socket.try_clone()? {
+        Socket::Tcp(l) => {
+            l.set_nonblocking(true)?;
+            server.listen(l)
+        }
+        Socket::Unix(l) => {
+            l.set_nonblocking(true)?;
+            server.listen_uds(l)
+        }
+    }
+}
+
+/// Polls the server and reports [`Event::Serving`] after its first poll, which is when actix
+/// starts the workers (synchronously) and the acceptor.
+struct NotifyFirstPoll<Fut> {
+    server: Fut,
+    tx: Option<Sender<Event>>,
+}
+
+impl<Fut> NotifyFirstPoll<Fut> {
+    fn new(server: Fut, tx: Sender<Event>) -> Self {
+        NotifyFirstPoll {
+            server,
+            tx: Some(tx),
+        }
+    }
+}
+
+impl<Fut: Future + Unpin> Future for NotifyFirstPoll<Fut> {
+    type Output = Fut::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let polled = Pin::new(&mut self.server).poll(cx);
+        if polled.is_pending() {
+            if let Some(tx) = self.tx.take() {
+                let _ = tx.send(Event::Serving);
+            }
+        }
+        polled
+    }
+}
+
+/// Where the control loop is.
+enum State {
+    /// The server is built but has not reported its first poll.
+    Starting,
+    /// Serving; ready for an upgrade.
+    Serving,
+    /// A new generation was started and has not reported ready yet.
+    Upgrading {
+        child: Child,
+        generation: u64,
+        started: Instant,
+        signal: Option<Signal>,
+    },
+    /// Not accepting any more; waiting for this process's connections to finish.
+    Draining {
+        since: Instant,
+        deadline: Option<Instant>,
+        /// The new generation we handed over to, watched so we can take over again if it dies.
+        successor: Option<(Child, u64)>,
+    },
+    /// The server has been told to stop; waiting for it to finish.
+    Stopping,
+}
+
+/// What the control thread hands back when the server has stopped.
+struct Outcome {
+    final_signals: Vec<Signal>,
+    failure: Option<Error>,
+    hooks: Option<Hooks>,
+    pid_file: Option<PathBuf>,
+}
+
+struct Control {
+    who: Who,
+    settings: Settings,
+    hooks: Hooks,
+    exe: Executable,
+    tx: Sender<Event>,
+    ready: Option<OwnedFd>,
+    state: State,
+    /// Stop signals whose post hooks run once the server has stopped.
+    final_signals: Vec<Signal>,
+    failure: Option<Error>,
+    /// Our copies of the listening sockets: what an upgrade hands over.
+    listeners: Vec<Listener>,
+    handle: Option<ServerHandle>,
+}
+
+impl Control {
+    fn run(mut self, rx: Receiver<Event>) -> Outcome {
+        loop {
+            let event = if matches!(self.state, State::Draining { .. }) {
+                match rx.recv_timeout(DRAIN_POLL) {
+                    Ok(event) => Some(event),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(event) => Some(event),
+                    Err(_) => break,
+                }
+            };
+            match event {
+                Some(Event::ServerStopped) => break,
+                Some(Event::Signal(signal)) => self.on_signal(signal),
+                Some(Event::Command(action)) => {
+                    info!("{}: {action:?} requested through a handle", self.who);
+                    self.act(action, None);
+                }
+                Some(Event::Serving) => self.on_serving(),
+                Some(Event::Readiness { pid, readiness }) => self.on_readiness(pid, readiness),
+                None => {}
+            }
+            if matches!(self.state, State::Draining { .. }) {
+                self.check_drain();
+            }
+        }
+        if let State::Upgrading { child, .. } = &mut self.state {
+            abandon(self.who, child, "the server stopped");
+        }
+        Outcome {
+            final_signals: self.final_signals,
+            failure: self.failure,
+            hooks: Some(self.hooks),
+            pid_file: self.settings.pid_file,
+        }
+    }
+
+    fn server(&self) -> &ServerHandle {
+        self.handle
+            .as_ref()
+            .expect("the control loop runs with a server")
+    }
+
+    fn on_signal(&mut self, signal: Signal) {
+        info!("{}: {signal} received", self.who);
+        self.hooks
+            .run_signal(HookStage::Pre.event(signal, self.who.pid, self.who.generation));
+        self.act(signal.action(), Some(signal));
+    }
+
+    /// Runs the post hooks of `signal` now, if the action came from a signal.
+    fn post(&self, signal: Option<Signal>) {
+        if let Some(signal) = signal {
+            self.hooks
+                .run_signal(HookStage::Post.event(signal, self.who.pid, self.who.generation));
+        }
+    }
+
+    fn act(&mut self, action: Action, signal: Option<Signal>) {
+        match action {
+            Action::Upgrade => self.upgrade(signal),
+            Action::GracefulStop => self.graceful_stop(signal),
+            Action::ForceStop => {
+                self.final_signals.extend(signal);
+                self.force_stop("hammer time requested");
+            }
+            Action::HooksOnly => self.post(signal),
+        }
+    }
+
+    fn on_serving(&mut self) {
+        let who = self.who;
+        if let Some(path) = &self.settings.pid_file {
+            if let Err(e) = pidfile::write(path, who.pid) {
+                error!("{who}: {e}; stopping");
+                self.failure = Some(e);
+                self.force_stop("the pid file cannot be written");
+                return;
+            }
+        }
+        if let Some(ready) = self.ready.take() {
+            match child::report_ready(ready) {
+                Ok(()) => info!("{who}: reported ready to the previous generation"),
+                Err(e) => warn!("{who}: could not report ready ({e}); the previous generation is gone, serving on"),
+            }
+        }
+        let addrs: Vec<SocketAddr> = self
+            .listeners
+            .iter()
+            .filter_map(|l| match &l.socket {
+                Socket::Tcp(t) => t.local_addr().ok(),
+                Socket::Unix(_) => None,
+            })
+            .collect();
+        let shown: Vec<String> = self
+            .listeners
+            .iter()
+            .map(|l| l.socket.to_string())
+            .collect();
+        info!("{who}: serving on {}", shown.join(", "));
+        if matches!(self.state, State::Starting) {
+            self.state = State::Serving;
+        }
+        let event = ServingEvent {
+            pid: who.pid,
+            generation: who.generation,
+            addrs,
+        };
+        for hook in &self.hooks.serving {
+            run_guarded("serving", || hook(&event));
+        }
+    }
+
+    fn upgrade(&mut self, signal: Option<Signal>) {
+        let who = self.who;
+        let busy = match &self.state {
+            State::Serving => None,
+            State::Starting => Some("not serving yet"),
+            State::Upgrading { .. } => Some("an upgrade is already in progress"),
+            State::Draining { .. } => Some("this process is draining"),
+            State::Stopping => Some("this process is stopping"),
+        };
+        if let Some(why) = busy {
+            info!("{who}: upgrade request ignored: {why}");
+            self.post(signal);
+            return;
+        }
+        let generation = who.generation + 1;
+        info!(
+            "{who}: upgrading: starting generation {generation} from {}",
+            self.exe.path.display()
+        );
+        match child::spawn(&self.exe, &self.listeners, generation) {
+            Err(e) => self.upgrade_failed(e, signal),
+            Ok(spawned) => {
+                let pid = spawned.child.id();
+                let timeout = self.settings.upgrade_timeout;
+                info!("{who}: generation {generation} started as pid {pid}; waiting up to {timeout:?} for it to report ready");
+                let tx = self.tx.clone();
+                let ready = spawned.ready;
+                let watcher = std::thread::Builder::new()
+                    .name("actix-endless-readiness".into())
+                    .spawn(move || {
+                        let readiness = child::await_ready(&ready, timeout);
+                        let _ = tx.send(Event::Readiness { pid, readiness });
+                    });
+                let mut child = spawned.child;
+                if let Err(e) = watcher {
+                    abandon(who, &mut child, "no thread to watch its readiness");
+                    self.upgrade_failed(Error::io("starting the readiness watcher")(e), signal);
+                    return;
+                }
+                self.state = State::Upgrading {
+                    child,
+                    generation,
+                    started: Instant::now(),
+                    signal,
+                };
+            }
+        }
+    }
+
+    fn upgrade_failed(&mut self, error: Error, signal: Option<Signal>) {
+        error!(
+            "{}: upgrade failed: {error}; this process keeps serving",
+            self.who
+        );
+        for hook in &self.hooks.upgrade_failed {
+            run_guarded("upgrade-failed", || hook(&error));
+        }
+        self.post(signal);
+    }
+
+    fn on_readiness(&mut self, pid: u32, readiness: Readiness) {
+        let who = self.who;
+        let State::Upgrading { child, .. } = &self.state else {
+            return;
+        };
+        if child.id() != pid {
+            return;
+        }
+        let State::Upgrading {
+            mut child,
+            generation,
+            started,
+            signal,
+        } = std::mem::replace(&mut self.state, State::Serving)
+        else {
+            unreachable!("matched above");
+        };
+        let error = match readiness {
+            Readiness::Ready => {
+                info!(
+                    "{who}: generation {generation} (pid {pid}) is ready after {:?}; stopping accepting and draining",
+                    started.elapsed()
+                );
+                let event = UpgradeEvent {
+                    pid: who.pid,
+                    new_pid: pid,
+                    new_generation: generation,
+                };
+                for hook in &self.hooks.upgrade_ready {
+                    run_guarded("upgrade-ready", || hook(&event));
+                }
+                self.post(signal);
+                self.start_drain(Some((child, generation)));
+                return;
+            }
+            Readiness::Closed => {
+                let status = abandon(who, &mut child, "it closed the readiness pipe");
+                Error::ChildExited { pid, status }
+            }
+            Readiness::TimedOut => {
+                abandon(who, &mut child, "it did not report ready in time");
+                Error::ReadyTimeout {
+                    pid,
+                    timeout: self.settings.upgrade_timeout,
+                }
+            }
+            Readiness::Failed(source) => {
+                abandon(who, &mut child, "its readiness pipe failed");
+                Error::Io {
+                    context: "reading the readiness pipe",
+                    source,
+                }
+            }
+        };
+        self.upgrade_failed(error, signal);
+    }
+
+    fn graceful_stop(&mut self, signal: Option<Signal>) {
+        let who = self.who;
+        self.final_signals.extend(signal);
+        match &mut self.state {
+            State::Starting | State::Serving => {
+                info!("{who}: graceful stop");
+                self.start_drain(None);
+            }
+            State::Upgrading { child, .. } => {
+                info!("{who}: graceful stop; abandoning the upgrade in progress");
+                abandon(who, child, "a stop was requested during the upgrade");
+                self.start_drain(None);
+            }
+            State::Draining {
+                successor: successor @ Some(_),
+                ..
+            } => {
+                info!("{who}: graceful stop requested while draining after an upgrade; the drain goes on, and another stop request forces the close");
+                *successor = None;
+            }
+            State::Draining {
+                successor: None, ..
+            } => self.force_stop("a second stop request arrived during the drain"),
+            State::Stopping => info!("{who}: already stopping"),
+        }
+    }
+
+    fn start_drain(&mut self, successor: Option<(Child, u64)>) {
+        let who = self.who;
+        let _ = self.server().pause();
+        TRACKER.set_draining(true);
+        TRACKER.touch();
+        let deadline = match self.settings.hammer_time {
+            HammerTime::After(d) => Some(Instant::now() + d),
+            HammerTime::Never => None,
+        };
+        info!(
+            "{who}: stopped accepting; draining {} connection(s) with {} request(s) in flight (hammer time {})",
+            TRACKER.connections(),
+            TRACKER.in_flight(),
+            match self.settings.hammer_time {
+                HammerTime::After(d) => format!("{d:?}"),
+                HammerTime::Never => "never".to_owned(),
+            }
+        );
+        self.state = State::Draining {
+            since: Instant::now(),
+            deadline,
+            successor,
+        };
+    }
+
+    fn check_drain(&mut self) {
+        let who = self.who;
+        let State::Draining {
+            since,
+            deadline,
+            successor,
+        } = &mut self.state
+        else {
+            return;
+        };
+        if let Some((child, generation)) = successor {
+            if let Ok(Some(status)) = child.try_wait() {
+                error!(
+                    "{who}: generation {generation} (pid {}) died while this process was draining ({status}); taking the listening sockets back and serving again",
+                    child.id()
+                );
+                let _ = self.server().resume();
+                TRACKER.set_draining(false);
+                self.state = State::Serving;
+                if let Some(path) = &self.settings.pid_file {
+                    if let Err(e) = pidfile::write(path, who.pid) {
+                        error!("{who}: {e}");
+                    }
+                }
+                return;
+            }
+        }
+        let connections = TRACKER.connections();
+        let in_flight = TRACKER.in_flight();
+        let elapsed = since.elapsed();
+        if connections == 0 {
+            info!("{who}: drained in {elapsed:?}");
+        } else if in_flight == 0 && TRACKER.idle_for() >= self.settings.idle_close_after {
+            info!("{who}: drained in {elapsed:?}; closing {connections} idle keep-alive connection(s)");
+        } else if deadline.is_some_and(|d| Instant::now() >= d) {
+            warn!("{who}: hammer time after {elapsed:?}: forcing {connections} connection(s) with {in_flight} request(s) in flight closed");
+        } else {
+            return;
+        }
+        self.stop_server();
+    }
+
+    fn force_stop(&mut self, why: &str) {
+        let who = self.who;
+        if let State::Upgrading { child, .. } = &mut self.state {
+            abandon(who, child, "the process is being stopped");
+        }
+        if matches!(self.state, State::Stopping) {
+            return;
+        }
+        warn!(
+            "{who}: {why}: closing {} connection(s) now",
+            TRACKER.connections()
+        );
+        self.stop_server();
+    }
+
+    fn stop_server(&mut self) {
+        let _ = self.server().stop(false);
+        self.state = State::Stopping;
+    }
+}
+
+/// Kills a child that will not become the next generation, and reaps it.
+/// Returns how it ended.
+fn abandon(who: Who, child: &mut Child, why: &str) -> String {
+    let pid = child.id();
+    let status = match child.try_wait() {
+        Ok(Some(status)) => status,
+        _ => {
+            let _ = child.kill();
+            match child.wait() {
+                Ok(status) => status,
+                Err(e) => return format!("could not be reaped: {e}"),
+            }
+        }
+    };
+    warn!("{who}: new process {pid} abandoned ({why}); it {status}");
+    status.to_string()
+}

@@ -1,0 +1,334 @@
+//! Every raw operating-system call of the crate, and every `unsafe` block.
+//!
+//! The rest of the crate sees safe functions over `OwnedFd`/`BorrowedFd`. The one piece of code
+//! that runs between `fork` and `exec` ([`ExecPlan::install`]) only calls async-signal-safe
+//! functions (`dup2`, `getpid`, `syscall(close_range)`) and writes into memory that was allocated
+//! before the fork.
+
+use std::ffi::{CString, OsString};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrLike};
+use nix::sys::stat::{fstat, SFlag};
+
+/// The environment variable the child's pid is written into, between fork and exec.
+const LISTEN_PID: &str = "LISTEN_PID";
+
+/// What an inherited descriptor turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ListenerFamily {
+    /// A TCP socket over IPv4 or IPv6.
+    Tcp,
+    /// A Unix domain stream socket.
+    Unix,
+}
+
+/// Borrows a descriptor number that was handed to us by our parent, after checking it is open.
+///
+/// Returns `Err` with `EBADF` if no such descriptor exists.
+pub(crate) fn borrow_inherited(fd: RawFd) -> io::Result<BorrowedFd<'static>> {
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: `F_GETFD` only reads the descriptor table; an invalid number yields EBADF.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor is open (checked above) and was handed to this process at exec by
+    // the inheritance protocol; nothing else in the process claims numbers from that range
+    // before the runtime does. It is only borrowed here; ownership is taken by
+    // `own_inherited` after validation.
+    Ok(unsafe { BorrowedFd::borrow_raw(fd) })
+}
+
+/// Takes ownership of an inherited descriptor that has been validated, marking it close-on-exec.
+pub(crate) fn own_inherited(fd: BorrowedFd<'static>) -> io::Result<OwnedFd> {
+    set_cloexec(fd)?;
+    // SAFETY: the descriptor is open and was passed to us for our exclusive use by the parent
+    // (LISTEN_FDS protocol); this is the only place that takes ownership of it, once.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd.as_raw_fd()) })
+}
+
+/// Marks a descriptor close-on-exec (`F_SETFD`, not `F_SETFL`, is where that flag lives).
+pub(crate) fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    Ok(())
+}
+
+/// Duplicates `fd` to the lowest free number at or above `min`, close-on-exec.
+pub(crate) fn dup_cloexec_above(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
+    let raw = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(min))?;
+    // SAFETY: `F_DUPFD_CLOEXEC` returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Checks that `fd` is a listening stream socket of a family we can serve, and says which.
+///
+/// The error is a human-readable reason, for the caller to wrap with the variable and fd.
+pub(crate) fn inspect_listener(fd: BorrowedFd<'_>) -> Result<ListenerFamily, String> {
+    let stat = fstat(fd).map_err(|e| format!("fstat failed: {e}"))?;
+    let kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
+    if kind != SFlag::S_IFSOCK {
+        let what = match kind {
+            SFlag::S_IFREG => "a regular file",
+            SFlag::S_IFDIR => "a directory",
+            SFlag::S_IFIFO => "a pipe",
+            SFlag::S_IFCHR => "a character device",
+            SFlag::S_IFBLK => "a block device",
+            SFlag::S_IFLNK => "a symbolic link",
+            _ => "not a socket",
+        };
+        return Err(format!("is {what}, not a socket"));
+    }
+    let ty = socket::getsockopt(&fd, sockopt::SockType).map_err(|e| format!("SO_TYPE: {e}"))?;
+    if ty != SockType::Stream {
+        return Err(format!("is a {ty:?} socket, not a stream socket"));
+    }
+    let listening =
+        socket::getsockopt(&fd, sockopt::AcceptConn).map_err(|e| format!("SO_ACCEPTCONN: {e}"))?;
+    if !listening {
+        return Err("is a stream socket that is not listening".to_owned());
+    }
+    let addr: socket::SockaddrStorage =
+        socket::getsockname(fd.as_raw_fd()).map_err(|e| format!("getsockname: {e}"))?;
+    match addr.family() {
+        Some(AddressFamily::Inet | AddressFamily::Inet6) => Ok(ListenerFamily::Tcp),
+        Some(AddressFamily::Unix) => Ok(ListenerFamily::Unix),
+        other => Err(format!("has unsupported address family {other:?}")),
+    }
+}
+
+/// Checks that `fd` is the write end of a pipe (the readiness channel).
+pub(crate) fn is_fifo(fd: BorrowedFd<'_>) -> bool {
+    fstat(fd)
+        .map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFIFO)
+        .unwrap_or(false)
+}
+
+/// Creates, binds and listens on a TCP socket with `SO_REUSEADDR` and the given backlog.
+pub(crate) fn bind_tcp(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if addr.is_ipv6() {
+        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    }
+    socket::bind(fd.as_raw_fd(), &socket::SockaddrStorage::from(addr))?;
+    let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
+    socket::listen(
+        &fd,
+        socket::Backlog::new(backlog).unwrap_or(socket::Backlog::MAXCONN),
+    )?;
+    Ok(TcpListener::from(fd))
+}
+
+/// A close-on-exec pipe: `(read end, write end)`.
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+}
+
+/// Waits until `fd` is readable (data or end of file), at most `timeout`.
+/// Returns `false` on timeout.
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::from(ms)) {
+        Ok(0) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(nix::errno::Errno::EINTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads one byte without blocking past what `wait_readable` promised. `Ok(None)` is end of file.
+pub(crate) fn read_byte(fd: BorrowedFd<'_>) -> io::Result<Option<u8>> {
+    let mut buf = [0u8; 1];
+    loop {
+        match nix::unistd::read(fd, &mut buf) {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(buf[0])),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Writes one byte to `fd`, retrying on `EINTR`.
+pub(crate) fn write_byte(fd: BorrowedFd<'_>, byte: u8) -> io::Result<()> {
+    loop {
+        match nix::unistd::write(fd, &[byte]) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// What a spawned generation receives across `exec`: descriptors placed at 3, 4, ... and a
+/// complete environment in which `LISTEN_PID` is filled in with the child's own pid.
+pub(crate) struct ExecPlan {
+    /// Close-on-exec duplicates, numbered above the target range so `dup2` never clobbers one.
+    sources: Vec<OwnedFd>,
+    /// The environment strings (`KEY=VALUE`), each a stable heap allocation.
+    env: Vec<CString>,
+    /// `LISTEN_PID=` followed by room for the digits of a pid and a NUL.
+    pid_slot: Box<[u8; 32]>,
+    /// Pointers into `env` and `pid_slot`, NULL-terminated: the child's `environ`.
+    envp: Vec<*const libc::c_char>,
+}
+
+// SAFETY: the raw pointers in `envp` point into heap allocations owned by the same struct
+// (`env`, `pid_slot`), which do not move when the struct moves. They are only dereferenced by
+// `execvp` in the forked child, where this process memory is a private copy.
+unsafe impl Send for ExecPlan {}
+// SAFETY: as above; the parent never reads or writes through the pointers.
+unsafe impl Sync for ExecPlan {}
+
+impl ExecPlan {
+    /// Plans to pass `fds` as descriptors 3.. and `env` (which must not contain `LISTEN_PID`)
+    /// plus `LISTEN_PID=<child pid>` as the child's whole environment.
+    pub(crate) fn new(fds: &[BorrowedFd<'_>], env: Vec<(OsString, OsString)>) -> io::Result<Self> {
+        let first_free = 3 + fds.len() as RawFd;
+        let sources = fds
+            .iter()
+            .map(|fd| dup_cloexec_above(fd.as_fd(), first_free))
+            .collect::<io::Result<Vec<_>>>()?;
+        let env = env
+            .into_iter()
+            .filter(|(k, _)| k != LISTEN_PID)
+            .map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                CString::new(kv).map_err(|_| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in the environment")
+                })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let mut pid_slot = Box::new([0u8; 32]);
+        pid_slot[..LISTEN_PID.len()].copy_from_slice(LISTEN_PID.as_bytes());
+        pid_slot[LISTEN_PID.len()] = b'=';
+        let mut envp: Vec<*const libc::c_char> = env.iter().map(|s| s.as_ptr()).collect();
+        envp.push(pid_slot.as_ptr().cast());
+        envp.push(std::ptr::null());
+        Ok(ExecPlan {
+            sources,
+            env,
+            pid_slot,
+            envp,
+        })
+    }
+
+    /// Installs the plan as `cmd`'s `pre_exec` step. `cmd` must not have its environment
+    /// changed through `Command::env*`: the plan replaces the whole environment.
+    pub(crate) fn install(self, cmd: &mut Command) {
+        let prefix = LISTEN_PID.len() + 1;
+        let mut plan = self;
+        let pre_exec = move || -> io::Result<()> {
+            // Use the plan as a whole, so the closure owns it (and its Send/Sync impls).
+            let this = &mut plan;
+            // Runs in the forked child: only async-signal-safe calls, no allocation.
+            for (target, source) in (3..).zip(this.sources.iter()) {
+                // SAFETY: both numbers are valid descriptors in the child (the sources were
+                // inherited across fork; every source is numbered above every target, so no
+                // earlier dup2 closed it). dup2 clears close-on-exec on the target.
+                if unsafe { libc::dup2(source.as_raw_fd(), target) } == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            // SAFETY: getpid is async-signal-safe and cannot fail.
+            let pid = unsafe { libc::getpid() };
+            write_decimal(&mut this.pid_slot[prefix..], pid as u32);
+            let first_free = 3 + this.sources.len() as libc::c_uint;
+            // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets the close-on-exec flag on
+            // every descriptor above the ones we pass, so stray descriptors that some library
+            // opened without the flag do not leak into the new generation. Errors (an old
+            // kernel) are ignored: it is hygiene, not correctness. The std error-report pipe is
+            // already close-on-exec, so it is unaffected.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_close_range,
+                    first_free,
+                    libc::c_uint::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                );
+            }
+            // SAFETY: `environ` is the process-global environment pointer read by `execvp`.
+            // We are the only thread of the forked child; `envp` is NULL-terminated and every
+            // pointer in it refers to a NUL-terminated string owned by `self`, which lives in
+            // this closure until exec replaces the process image.
+            unsafe {
+                environ = this.envp.as_ptr();
+            }
+            // `this.env` keeps the strings alive; mention it so the field is not dead code.
+            let _ = &this.env;
+            Ok(())
+        };
+        // SAFETY: the closure above only performs async-signal-safe operations (dup2, getpid,
+        // close_range, plain memory writes into pre-allocated buffers) and does not allocate,
+        // lock or panic (`write_decimal` indexes within a 32-byte buffer sized for any u32).
+        unsafe {
+            cmd.pre_exec(pre_exec);
+        }
+    }
+}
+
+extern "C" {
+    static mut environ: *const *const libc::c_char;
+}
+
+/// Writes `n` in decimal followed by a NUL into `buf` without allocating.
+fn write_decimal(buf: &mut [u8], mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        buf[i] = digits[len - 1 - i];
+    }
+    buf[len] = 0;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_is_written_with_nul() {
+        let mut buf = [0xffu8; 11];
+        write_decimal(&mut buf, 4_294_967_295);
+        assert_eq!(&buf, b"4294967295\0");
+        write_decimal(&mut buf, 0);
+        assert_eq!(&buf[..2], b"0\0");
+    }
+
+    #[test]
+    fn regular_file_is_not_a_listener() {
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        let err = inspect_listener(file.as_fd()).unwrap_err();
+        assert!(err.contains("regular file"), "{err}");
+    }
+
+    #[test]
+    fn tcp_listener_is_recognised() {
+        let l = bind_tcp("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        assert_eq!(inspect_listener(l.as_fd()), Ok(ListenerFamily::Tcp));
+    }
+}
