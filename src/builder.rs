@@ -1,7 +1,7 @@
 //! The public builder, [`Endless`], and its [`Handle`].
 
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::Duration;
@@ -13,6 +13,7 @@ use actix_web::dev::{AppConfig, Extensions, Response, Service, ServiceFactory};
 use crate::drain::{OnConnect, Server};
 use crate::error::{Error, Result};
 use crate::hooks::{HookStage, Hooks, ServingEvent, SignalEvent, UpgradeEvent};
+use crate::listeners::BindAddr;
 use crate::runtime::{self, Event, Settings};
 use crate::signals::{Action, Signal};
 
@@ -90,7 +91,7 @@ where
     B: MessageBody + 'static,
 {
     pub(crate) factory: F,
-    pub(crate) binds: Vec<(String, std::io::Result<Vec<SocketAddr>>)>,
+    pub(crate) binds: Vec<(String, std::io::Result<Vec<BindAddr>>)>,
     pub(crate) settings: Settings,
     pub(crate) hooks: Hooks,
     pub(crate) configure: Option<Configure<S, B>>,
@@ -129,8 +130,28 @@ where
     /// once. A name that resolves to several addresses serves on all of them. Resolution or
     /// bind errors are reported by [`run`](Self::run), naming the address.
     pub fn bind(mut self, addr: impl ToSocketAddrs + fmt::Display) -> Self {
-        let resolved = addr.to_socket_addrs().map(Iterator::collect);
+        let resolved = addr
+            .to_socket_addrs()
+            .map(|addrs| addrs.map(BindAddr::Tcp).collect());
         self.binds.push((addr.to_string(), resolved));
+        self
+    }
+
+    /// Serves on a Unix domain socket at `path` (mixed freely with TCP). The socket is handed
+    /// over on upgrades like any other; the runtime never unlinks it, and a stale socket file
+    /// left by a dead process is replaced at the first bind.
+    pub fn bind_uds(mut self, path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        let text = format!("unix:{}", path.display());
+        self.binds
+            .push((text, Ok(vec![BindAddr::Unix { path, mode: None }])));
+        self
+    }
+
+    /// The permission bits given to Unix domain sockets this runtime creates, e.g. `0o660`
+    /// (default: as the umask leaves them).
+    pub fn unix_socket_mode(mut self, mode: u32) -> Self {
+        self.settings.unix_socket_mode = Some(mode);
         self
     }
 
@@ -248,8 +269,9 @@ where
 
 /// Resolves the configured addresses, failing on the first that did not resolve.
 pub(crate) fn resolve(
-    binds: Vec<(String, std::io::Result<Vec<SocketAddr>>)>,
-) -> Result<Vec<SocketAddr>> {
+    binds: Vec<(String, std::io::Result<Vec<BindAddr>>)>,
+    unix_socket_mode: Option<u32>,
+) -> Result<Vec<BindAddr>> {
     let mut addrs = Vec::new();
     for (text, resolved) in binds {
         let resolved = resolved.map_err(|source| Error::Bind {
@@ -265,7 +287,13 @@ pub(crate) fn resolve(
                 ),
             });
         }
-        addrs.extend(resolved);
+        addrs.extend(resolved.into_iter().map(|addr| match addr {
+            BindAddr::Unix { path, .. } => BindAddr::Unix {
+                path,
+                mode: unix_socket_mode,
+            },
+            tcp => tcp,
+        }));
     }
     Ok(addrs)
 }

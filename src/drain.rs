@@ -6,7 +6,7 @@
 //! `Connection: close` so each client finishes its current exchange and reconnects (to the new
 //! generation), and the runtime waits until this process's connections are gone. For that it
 //! counts open connections (a guard in the connection's extensions) and requests whose response
-//! body has not been sent yet (a guard inside the body), in the process-wide [`TRACKER`].
+//! body has not been sent yet (a guard inside the body), in one process-wide tracker.
 
 use std::future::Future;
 use std::marker::PhantomData;

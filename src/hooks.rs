@@ -52,15 +52,17 @@ pub struct UpgradeEvent {
     pub new_generation: u64,
 }
 
-type SignalHook = Box<dyn Fn(&SignalEvent) + Send + Sync>;
+/// A hook taking `&T`, callable from the control thread.
+pub(crate) type Hook<T> = Box<dyn Fn(&T) + Send + Sync>;
+type SignalHook = Hook<SignalEvent>;
 
 /// The registered hooks.
 #[derive(Default)]
 pub(crate) struct Hooks {
     signal: HashMap<(Signal, HookStage), Vec<SignalHook>>,
-    pub(crate) serving: Vec<Box<dyn Fn(&ServingEvent) + Send + Sync>>,
-    pub(crate) upgrade_ready: Vec<Box<dyn Fn(&UpgradeEvent) + Send + Sync>>,
-    pub(crate) upgrade_failed: Vec<Box<dyn Fn(&Error) + Send + Sync>>,
+    pub(crate) serving: Vec<Hook<ServingEvent>>,
+    pub(crate) upgrade_ready: Vec<Hook<UpgradeEvent>>,
+    pub(crate) upgrade_failed: Vec<Hook<Error>>,
 }
 
 impl Hooks {

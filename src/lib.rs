@@ -1,6 +1,78 @@
-//! Zero-downtime restarts for actix-web.
+//! Zero-downtime restarts for actix-web servers, the way Go's `endless`, `grace` and
+//! `tableflip` do it for net/http and nginx does it for its own binary.
 //!
-//! (crate docs are written below, in the README pass)
+//! Replace the binary on disk, send `SIGHUP`, and the running process starts the new binary,
+//! hands it the listening sockets, waits until it serves, then stops accepting and drains: no
+//! connection is refused and no request fails.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use actix_web::{web, App, HttpResponse};
+//! use std::time::Duration;
+//!
+//! fn main() -> Result<(), actix_endless::Error> {
+//!     actix_endless::Endless::new(|| {
+//!         App::new().route("/", web::get().to(|| async { HttpResponse::Ok().body("hi\n") }))
+//!     })
+//!     .bind("127.0.0.1:8080")
+//!     .pid_file("app.pid")
+//!     .hammer_time(Duration::from_secs(30))
+//!     .configure(|server| server.workers(4))
+//!     .run()
+//! }
+//! ```
+//!
+//! Deploy: replace the binary, then `kill -HUP $(cat app.pid)`.
+//!
+//! # Signals
+//!
+//! | signal | action |
+//! |---|---|
+//! | `SIGHUP` | upgrade: start the executable again with the sockets; once it reports ready, stop accepting and drain |
+//! | `SIGINT`, `SIGTERM` | graceful stop: stop accepting, finish in-flight requests, bounded by hammer time; a second one forces the close |
+//! | `SIGUSR2` | hammer time: close every connection now |
+//! | `SIGUSR1`, `SIGTSTP` | user hooks only (`SIGTSTP` does not stop the process) |
+//!
+//! Every signal runs the [`HookStage::Pre`] hooks before the runtime acts and the
+//! [`HookStage::Post`] hooks after; see [`Endless::hook`]. A [`Handle`] does the same from code.
+//!
+//! # How an upgrade works
+//!
+//! 1. The old process spawns the executable resolved at start-up (same argv, working
+//!    directory and environment) with `std::process::Command`. The listening sockets become
+//!    fds 3.. as in systemd's socket passing (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`),
+//!    followed by the write end of a readiness pipe (`ACTIX_ENDLESS_READY_FD`).
+//! 2. The new process adopts the sockets (validating each) instead of binding, starts its
+//!    workers, writes the pid file, then writes one byte on the pipe.
+//! 3. The old process stops accepting; every response it still sends carries
+//!    `Connection: close`; once its connections are gone (or only idle ones are left, or hammer
+//!    time passes) it exits. If the new process dies while the old one drains, the old one
+//!    resumes accepting.
+//! 4. If the new process cannot start, exits, or stays silent past the upgrade timeout, it is
+//!    killed and reaped, and the old process serves on. A later `SIGHUP` can try again.
+//!
+//! The same code adopts sockets passed by systemd socket activation at first start.
+//!
+//! # Limitations
+//!
+//! - Linux only (it relies on `/proc`-free but Linux-specific calls such as `close_range`,
+//!   and is tested only there).
+//! - One runtime per process: signals are process-wide. [`Endless::run`] fails with
+//!   [`Error::AlreadyRunning`] if another runs.
+//! - The pid changes on every upgrade. Supervisors that track a pid (supervisord, runit, a
+//!   container whose PID 1 is the server) need the process to be started so that it tolerates
+//!   that (systemd: `Type=notify` with `NotifyAccess=all`, or a wrapper).
+//! - Standard signals do not queue: two identical signals sent back to back may be handled
+//!   once. Upgrades are serialised anyway; a `SIGHUP` during an upgrade or a drain is ignored.
+//! - An idle keep-alive connection is closed once no request has been in flight for
+//!   [`Endless::idle_close_after`]; a client that sends on it at that very moment sees the
+//!   connection close, as with any HTTP/1.1 server closing an idle connection. Clients retry
+//!   idempotent requests in that case (RFC 9112 §9.3.1); load generators such as wrk keep their
+//!   connections busy and never hit it.
+//! - `HttpServer::on_connect`, `bind`/`listen` and its signal handling belong to the runtime;
+//!   use [`Endless::on_connect`] and [`Endless::bind`].
+//! - Hooks run on the control thread; a slow hook delays the handling of later signals.
 
 #![warn(missing_docs)]
 
@@ -10,6 +82,7 @@ pub mod drain;
 mod error;
 mod hooks;
 pub mod listeners;
+mod notify;
 mod pidfile;
 mod runtime;
 mod signals;

@@ -12,7 +12,7 @@
 //! | `ACTIX_ENDLESS_READY_FD` | a pipe on which to write one byte once serving (upgrades only) |
 //! | `ACTIX_ENDLESS_GENERATION` | this process's generation number (upgrades only) |
 //!
-//! Parsing ([`parse`]) is pure and never touches a descriptor; [`adopt`] then validates every
+//! Parsing ([`parse`]) is pure and never touches a descriptor; adopting them then validates every
 //! descriptor (open, a socket, a listening stream socket of a known family) before it takes
 //! ownership, and leaves descriptors alone when validation fails.
 
@@ -20,6 +20,7 @@ use std::fmt;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 use crate::sys::{self, ListenerFamily};
@@ -311,61 +312,97 @@ pub(crate) fn adopt(plan: InheritPlan) -> Result<Inherited> {
     })
 }
 
-/// The name a configured TCP address goes by in `LISTEN_FDNAMES` (which forbids `:`).
-pub(crate) fn tcp_name(addr: &SocketAddr) -> String {
-    format!("tcp-{addr}").replace(':', "_")
+/// An address the application asked to serve on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BindAddr {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix domain socket path, with the permission bits to give it.
+    Unix { path: PathBuf, mode: Option<u32> },
+}
+
+impl BindAddr {
+    /// The name this address goes by in `LISTEN_FDNAMES` (which forbids `:`).
+    pub(crate) fn name(&self) -> String {
+        let name = match self {
+            BindAddr::Tcp(addr) => format!("tcp-{addr}"),
+            BindAddr::Unix { path, .. } => format!("unix-{}", path.display()),
+        };
+        name.replace(':', "_")
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(255)
+            .collect()
+    }
+
+    fn fits(&self, socket: &Socket) -> bool {
+        matches!(
+            (self, socket),
+            (BindAddr::Tcp(_), Socket::Tcp(_)) | (BindAddr::Unix { .. }, Socket::Unix(_))
+        )
+    }
+
+    fn bind(&self, backlog: u32) -> Result<Socket> {
+        let bound = match self {
+            BindAddr::Tcp(addr) => sys::bind_tcp(*addr, backlog).map(Socket::Tcp),
+            BindAddr::Unix { path, mode } => sys::bind_unix(path, backlog, *mode).map(Socket::Unix),
+        };
+        bound.map_err(|source| Error::Bind {
+            addr: self.to_string(),
+            source,
+        })
+    }
+}
+
+impl fmt::Display for BindAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BindAddr::Tcp(addr) => write!(f, "{addr}"),
+            BindAddr::Unix { path, .. } => write!(f, "unix:{}", path.display()),
+        }
+    }
 }
 
 /// Matches configured addresses to inherited sockets (by name first, then by position among
-/// the unmatched ones), binds the rest, and returns the listeners in configuration order.
-/// Inherited sockets that match nothing are served too when nothing is configured (pure
-/// socket activation); otherwise they are closed with a warning.
+/// the unmatched ones of the same kind), binds the rest, and returns the listeners in
+/// configuration order. Inherited sockets that match nothing are served too when nothing is
+/// configured (pure socket activation); otherwise they are closed with a warning.
 pub(crate) fn assemble(
-    configured: &[SocketAddr],
+    configured: &[BindAddr],
     inherited: Vec<Listener>,
     backlog: u32,
 ) -> Result<Vec<Listener>> {
     let mut pool: Vec<Option<Listener>> = inherited.into_iter().map(Some).collect();
-    let names: Vec<String> = configured.iter().map(tcp_name).collect();
-    let mut chosen: Vec<Option<Listener>> = names
+    let names: Vec<String> = configured.iter().map(BindAddr::name).collect();
+    let mut chosen: Vec<Option<Listener>> = configured
         .iter()
-        .map(|name| {
+        .zip(&names)
+        .map(|(addr, name)| {
             pool.iter_mut()
-                .find(|slot| {
-                    matches!(slot, Some(l) if &l.name == name && matches!(l.socket, Socket::Tcp(_)))
-                })
+                .find(|slot| matches!(slot, Some(l) if &l.name == name && addr.fits(&l.socket)))
                 .and_then(Option::take)
         })
         .collect();
-    for slot in chosen.iter_mut().filter(|s| s.is_none()) {
-        let next = pool
-            .iter_mut()
-            .find(|l| matches!(l, Some(Listener { socket: Socket::Tcp(_), name }) if !names.contains(name)));
-        if let Some(found) = next {
-            *slot = found.take();
+    for (addr, slot) in configured.iter().zip(chosen.iter_mut()) {
+        if slot.is_none() {
+            *slot = pool
+                .iter_mut()
+                .find(|l| matches!(l, Some(l) if addr.fits(&l.socket) && !names.contains(&l.name)))
+                .and_then(Option::take);
         }
     }
     let mut listeners = Vec::with_capacity(configured.len());
     for ((addr, name), slot) in configured.iter().zip(names).zip(chosen) {
-        match slot {
-            Some(mut inherited) => {
+        let socket = match slot {
+            Some(inherited) => {
                 log::debug!("adopting inherited socket {} for {addr}", inherited.socket);
-                inherited.name = name;
-                listeners.push(inherited);
+                inherited.socket
             }
-            None => {
-                let socket = sys::bind_tcp(*addr, backlog).map_err(|source| Error::Bind {
-                    addr: addr.to_string(),
-                    source,
-                })?;
-                listeners.push(Listener {
-                    name,
-                    socket: Socket::Tcp(socket),
-                });
-            }
-        }
+            None => addr.bind(backlog)?,
+        };
+        listeners.push(Listener { name, socket });
     }
-    let leftover: Vec<Listener> = pool.into_iter().flatten().collect();
+    let leftover = pool.into_iter().flatten();
     if configured.is_empty() {
         listeners.extend(leftover);
     } else {

@@ -28,6 +28,7 @@ use crate::drain::{self, DrainApp, TRACKER};
 use crate::error::{Error, Result};
 use crate::hooks::{run_guarded, HookStage, Hooks, ServingEvent, UpgradeEvent};
 use crate::listeners::{self, InheritEnv, Listener, Socket};
+use crate::notify::{self, Notifier};
 use crate::pidfile;
 use crate::signals::{self, Action, Signal};
 
@@ -51,6 +52,7 @@ pub(crate) struct Settings {
     pub(crate) idle_close_after: Duration,
     pub(crate) backlog: u32,
     pub(crate) executable: Option<PathBuf>,
+    pub(crate) unix_socket_mode: Option<u32>,
 }
 
 impl Default for Settings {
@@ -62,6 +64,7 @@ impl Default for Settings {
             idle_close_after: Duration::from_millis(250),
             backlog: 4096,
             executable: None,
+            unix_socket_mode: None,
         }
     }
 }
@@ -143,7 +146,7 @@ where
     } = endless;
     let exe = Executable::resolve(settings.executable.as_deref())
         .map_err(Error::io("resolving the executable for upgrades"))?;
-    let addrs = resolve(binds)?;
+    let addrs = resolve(binds, settings.unix_socket_mode)?;
     if !inherited.listeners.is_empty() {
         info!(
             "{who}: inherited {} listening socket(s) from the previous generation or systemd",
@@ -165,8 +168,13 @@ where
 
     drain::register_factory(factory);
     TRACKER.set_draining(false);
+    let notifier = Notifier::from_env().unwrap_or_else(|e| {
+        warn!("{who}: not notifying systemd: {e}");
+        None
+    });
     let control = Control {
         who,
+        notifier,
         settings,
         hooks,
         exe,
@@ -330,6 +338,8 @@ struct Outcome {
 
 struct Control {
     who: Who,
+    /// systemd's notification socket, when `NOTIFY_SOCKET` is set.
+    notifier: Option<Notifier>,
     settings: Settings,
     hooks: Hooks,
     exe: Executable,
@@ -385,10 +395,22 @@ impl Control {
         }
     }
 
-    fn server(&self) -> &ServerHandle {
-        self.handle
-            .as_ref()
-            .expect("the control loop runs with a server")
+    /// Tells systemd (when it listens) what is happening.
+    fn notify(&self, lines: &[&str]) {
+        if let Some(notifier) = &self.notifier {
+            if let Err(e) = notifier.send(lines) {
+                warn!("{}: cannot notify systemd: {e}", self.who);
+            }
+        }
+    }
+
+    /// Sends a command to the server. `ServerHandle` sends when the method is called; the
+    /// future it returns only awaits the confirmation, which the control loop does not need
+    /// (it observes the effect through the connection counts and `Event::ServerStopped`).
+    fn command<Fut>(&self, send: impl FnOnce(&ServerHandle) -> Fut) {
+        if let Some(handle) = &self.handle {
+            drop(send(handle));
+        }
     }
 
     fn on_signal(&mut self, signal: Signal) {
@@ -448,6 +470,15 @@ impl Control {
             .map(|l| l.socket.to_string())
             .collect();
         info!("{who}: serving on {}", shown.join(", "));
+        self.notify(&[
+            &format!("MAINPID={}", who.pid),
+            "READY=1",
+            &format!(
+                "STATUS=generation {} serving on {}",
+                who.generation,
+                shown.join(", ")
+            ),
+        ]);
         if matches!(self.state, State::Starting) {
             self.state = State::Serving;
         }
@@ -476,6 +507,11 @@ impl Control {
             return;
         }
         let generation = who.generation + 1;
+        self.notify(&[
+            "RELOADING=1",
+            &notify::monotonic_usec(),
+            &format!("STATUS=upgrading to generation {generation}"),
+        ]);
         info!(
             "{who}: upgrading: starting generation {generation} from {}",
             self.exe.path.display()
@@ -515,6 +551,13 @@ impl Control {
             "{}: upgrade failed: {error}; this process keeps serving",
             self.who
         );
+        self.notify(&[
+            "READY=1",
+            &format!(
+                "STATUS=upgrade failed: {error}; generation {} serving",
+                self.who.generation
+            ),
+        ]);
         for hook in &self.hooks.upgrade_failed {
             run_guarded("upgrade-failed", || hook(&error));
         }
@@ -607,7 +650,10 @@ impl Control {
 
     fn start_drain(&mut self, successor: Option<(Child, u64)>) {
         let who = self.who;
-        let _ = self.server().pause();
+        if successor.is_none() {
+            self.notify(&["STOPPING=1", "STATUS=stopping: draining connections"]);
+        }
+        self.command(ServerHandle::pause);
         TRACKER.set_draining(true);
         TRACKER.touch();
         let deadline = match self.settings.hammer_time {
@@ -642,18 +688,8 @@ impl Control {
         };
         if let Some((child, generation)) = successor {
             if let Ok(Some(status)) = child.try_wait() {
-                error!(
-                    "{who}: generation {generation} (pid {}) died while this process was draining ({status}); taking the listening sockets back and serving again",
-                    child.id()
-                );
-                let _ = self.server().resume();
-                TRACKER.set_draining(false);
-                self.state = State::Serving;
-                if let Some(path) = &self.settings.pid_file {
-                    if let Err(e) = pidfile::write(path, who.pid) {
-                        error!("{who}: {e}");
-                    }
-                }
+                let (pid, generation) = (child.id(), *generation);
+                self.take_back(pid, generation, status);
                 return;
             }
         }
@@ -672,6 +708,30 @@ impl Control {
         self.stop_server();
     }
 
+    /// The successor died while this process was draining: serve again.
+    fn take_back(&mut self, pid: u32, generation: u64, status: std::process::ExitStatus) {
+        let who = self.who;
+        error!(
+            "{who}: generation {generation} (pid {pid}) died while this process was draining ({status}); taking the listening sockets back and serving again"
+        );
+        if let Some(path) = &self.settings.pid_file {
+            if let Err(e) = pidfile::write(path, who.pid) {
+                error!("{who}: {e}");
+            }
+        }
+        self.command(ServerHandle::resume);
+        TRACKER.set_draining(false);
+        self.state = State::Serving;
+        self.notify(&[
+            &format!("MAINPID={}", who.pid),
+            "READY=1",
+            &format!(
+                "STATUS=generation {} serving again: generation {generation} died",
+                who.generation
+            ),
+        ]);
+    }
+
     fn force_stop(&mut self, why: &str) {
         let who = self.who;
         if let State::Upgrading { child, .. } = &mut self.state {
@@ -688,7 +748,7 @@ impl Control {
     }
 
     fn stop_server(&mut self) {
-        let _ = self.server().stop(false);
+        self.command(|server| server.stop(false));
         self.state = State::Stopping;
     }
 }

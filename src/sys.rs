@@ -10,7 +10,9 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -130,6 +132,52 @@ pub(crate) fn bind_tcp(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener
         socket::Backlog::new(backlog).unwrap_or(socket::Backlog::MAXCONN),
     )?;
     Ok(TcpListener::from(fd))
+}
+
+/// Binds and listens on a Unix domain socket at `path`, with `mode` as its permission bits.
+///
+/// A socket file left behind by a dead process (connecting to it is refused) is replaced; one
+/// that a live process still serves is `AddrInUse`, and any other kind of file is left alone
+/// and reported.
+pub(crate) fn bind_unix(path: &Path, backlog: u32, mode: Option<u32>) -> io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket",
+            ));
+        }
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process is serving on this socket",
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                log::info!("replacing stale socket file {}", path.display());
+                std::fs::remove_file(path)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::bind(fd.as_raw_fd(), &socket::UnixAddr::new(path)?)?;
+    if let Some(mode) = mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
+    socket::listen(
+        &fd,
+        socket::Backlog::new(backlog).unwrap_or(socket::Backlog::MAXCONN),
+    )?;
+    Ok(UnixListener::from(fd))
 }
 
 /// A close-on-exec pipe: `(read end, write end)`.

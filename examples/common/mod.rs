@@ -17,7 +17,7 @@ pub struct Options {
     pub extra: Vec<(String, String)>,
 }
 
-const USAGE: &str = "options: --bind ADDR (repeatable, default 127.0.0.1:8080) --pid-file PATH \
+const USAGE: &str = "options: --bind ADDR|unix:PATH (repeatable, default 127.0.0.1:8080) --pid-file PATH \
 --addr-file PATH --hammer-time MS|never --upgrade-timeout MS --workers N";
 
 impl Options {
@@ -109,7 +109,10 @@ where
     B: actix_web::body::MessageBody + 'static,
 {
     for bind in &options.binds {
-        endless = endless.bind(bind.as_str());
+        endless = match bind.strip_prefix("unix:") {
+            Some(path) => endless.bind_uds(path),
+            None => endless.bind(bind.as_str()),
+        };
     }
     if let Some(path) = &options.pid_file {
         endless = endless.pid_file(path);
