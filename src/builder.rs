@@ -14,7 +14,7 @@ use crate::drain::{OnConnect, Server};
 use crate::error::{Error, Result};
 use crate::hooks::{HookStage, Hooks, ServingEvent, SignalEvent, UpgradeEvent};
 use crate::listeners::BindAddr;
-use crate::runtime::{self, Event, Settings};
+use crate::runtime::{self, Event, ProcessMode, Settings};
 use crate::signals::{Action, Signal};
 
 /// How long a graceful drain may last before the remaining connections are closed by force.
@@ -145,6 +145,13 @@ where
         let text = format!("unix:{}", path.display());
         self.binds
             .push((text, Ok(vec![BindAddr::Unix { path, mode: None }])));
+        self
+    }
+
+    /// Whether upgrades re-execute this process ([`ProcessMode::Reexec`], the default) or run
+    /// under a stable-pid master ([`ProcessMode::Master`]).
+    pub fn process_mode(mut self, mode: ProcessMode) -> Self {
+        self.settings.mode = mode;
         self
     }
 

@@ -14,8 +14,13 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::listeners::{Listener, GENERATION, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_PID, READY_FD};
+use crate::listeners::{
+    Listener, GENERATION, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_PID, MASTER_PID, READY_FD,
+};
+use crate::notify::NOTIFY_SOCKET;
+use crate::runtime::Event;
 use crate::sys;
+use std::sync::mpsc::Sender;
 
 /// The byte a ready child writes.
 const READY: u8 = b'R';
@@ -77,7 +82,15 @@ pub(crate) struct Spawned {
 }
 
 /// Starts the next generation with `listeners` at fds 3.. and the readiness pipe after them.
-pub(crate) fn spawn(exe: &Executable, listeners: &[Listener], generation: u64) -> Result<Spawned> {
+///
+/// A worker of a stable-pid master (`master` is its pid) also gets `ACTIX_ENDLESS_MASTER_PID`,
+/// and not `NOTIFY_SOCKET`: the master alone talks to systemd.
+pub(crate) fn spawn(
+    exe: &Executable,
+    listeners: &[Listener],
+    generation: u64,
+    master: Option<u32>,
+) -> Result<Spawned> {
     let spawn_error = |source| Error::Spawn {
         program: exe.path.clone(),
         source,
@@ -87,10 +100,21 @@ pub(crate) fn spawn(exe: &Executable, listeners: &[Listener], generation: u64) -
     fds.push(ready_write.as_fd());
     let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
     let count = listeners.len();
-    let ours = [LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES, READY_FD, GENERATION];
+    let ours = [
+        LISTEN_PID,
+        LISTEN_FDS,
+        LISTEN_FDNAMES,
+        READY_FD,
+        GENERATION,
+        MASTER_PID,
+    ];
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| !ours.iter().any(|o| k == o))
+        .filter(|(k, _)| master.is_none() || k != NOTIFY_SOCKET)
         .collect();
+    if let Some(master) = master {
+        env.push((MASTER_PID.into(), master.to_string().into()));
+    }
     env.push((LISTEN_FDS.into(), count.to_string().into()));
     env.push((LISTEN_FDNAMES.into(), names.join(":").into()));
     env.push((READY_FD.into(), (3 + count).to_string().into()));
@@ -146,6 +170,23 @@ pub(crate) fn await_ready(ready: &OwnedFd, timeout: Duration) -> Readiness {
             Err(e) => return Readiness::Failed(e),
         }
     }
+}
+
+/// Watches `ready` on a thread of its own and reports the verdict on `tx` as
+/// [`Event::Readiness`], so that the control loop stays free to handle signals meanwhile.
+pub(crate) fn watch(
+    ready: OwnedFd,
+    pid: u32,
+    timeout: Duration,
+    tx: Sender<Event>,
+) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("actix-endless-readiness".into())
+        .spawn(move || {
+            let readiness = await_ready(&ready, timeout);
+            let _ = tx.send(Event::Readiness { pid, readiness });
+        })
+        .map(drop)
 }
 
 /// Child side: tells the parent this process serves, and closes the pipe.

@@ -11,6 +11,7 @@
 //! | `LISTEN_FDNAMES` | their names, separated by `:` (optional) |
 //! | `ACTIX_ENDLESS_READY_FD` | a pipe on which to write one byte once serving (upgrades only) |
 //! | `ACTIX_ENDLESS_GENERATION` | this process's generation number (upgrades only) |
+//! | `ACTIX_ENDLESS_MASTER_PID` | the master's pid, for a worker in stable-pid mode |
 //!
 //! Parsing ([`parse`]) is pure and never touches a descriptor; adopting them then validates every
 //! descriptor (open, a socket, a listening stream socket of a known family) before it takes
@@ -35,6 +36,8 @@ pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 pub const READY_FD: &str = "ACTIX_ENDLESS_READY_FD";
 /// This crate: the generation number of the new process.
 pub const GENERATION: &str = "ACTIX_ENDLESS_GENERATION";
+/// This crate: the pid of the master process, for a worker in stable-pid mode.
+pub const MASTER_PID: &str = "ACTIX_ENDLESS_MASTER_PID";
 
 /// The first descriptor number of the protocol.
 const FIRST_FD: RawFd = 3;
@@ -54,6 +57,8 @@ pub struct InheritEnv {
     pub ready_fd: Option<String>,
     /// `ACTIX_ENDLESS_GENERATION`.
     pub generation: Option<String>,
+    /// `ACTIX_ENDLESS_MASTER_PID`.
+    pub master_pid: Option<String>,
 }
 
 impl InheritEnv {
@@ -67,6 +72,7 @@ impl InheritEnv {
             listen_fdnames: var(LISTEN_FDNAMES),
             ready_fd: var(READY_FD),
             generation: var(GENERATION),
+            master_pid: var(MASTER_PID),
         }
     }
 }
@@ -80,6 +86,8 @@ pub struct InheritPlan {
     pub ready_fd: Option<RawFd>,
     /// This process's generation: 1 unless an upgrade says otherwise.
     pub generation: u64,
+    /// The master's pid, when this process is a worker in stable-pid mode.
+    pub master: Option<u32>,
 }
 
 /// Parses the inheritance variables for the process `my_pid`. Pure: no descriptor is touched.
@@ -92,6 +100,7 @@ pub fn parse(env: &InheritEnv, my_pid: u32) -> Result<InheritPlan> {
         listeners: Vec::new(),
         ready_fd: None,
         generation: 1,
+        master: None,
     };
     let Some(pid_text) = env.listen_pid.as_deref() else {
         return Ok(fresh);
@@ -156,20 +165,28 @@ pub fn parse(env: &InheritEnv, my_pid: u32) -> Result<InheritPlan> {
         None => 1,
         Some(text) => {
             let generation: u64 = parse_number(GENERATION, text)?;
-            if generation < 2 {
+            if generation < 1 {
                 return Err(env_error(
                     GENERATION,
                     text,
-                    "an upgraded process has generation 2 or more".to_owned(),
+                    "generations are numbered from 1".to_owned(),
                 ));
             }
             generation
         }
     };
+    let master = match env.master_pid.as_deref() {
+        None => None,
+        Some(text) => match parse_number(MASTER_PID, text)? {
+            0 => return Err(env_error(MASTER_PID, text, "is not a pid".to_owned())),
+            pid => Some(pid),
+        },
+    };
     Ok(InheritPlan {
         listeners,
         ready_fd,
         generation,
+        master,
     })
 }
 
@@ -245,6 +262,7 @@ pub(crate) struct Inherited {
     pub(crate) listeners: Vec<Listener>,
     pub(crate) ready: Option<OwnedFd>,
     pub(crate) generation: u64,
+    pub(crate) master: Option<u32>,
 }
 
 /// Validates every descriptor the plan names and takes ownership of them, all or nothing.
@@ -309,6 +327,7 @@ pub(crate) fn adopt(plan: InheritPlan) -> Result<Inherited> {
         listeners,
         ready,
         generation: plan.generation,
+        master: plan.master,
     })
 }
 
@@ -470,7 +489,7 @@ mod tests {
         e.ready_fd = Some("3".into());
         assert!(parse(&e, 42).unwrap_err().to_string().contains(READY_FD));
         let mut e = env("42", "1");
-        e.generation = Some("1".into());
+        e.generation = Some("0".into());
         assert!(parse(&e, 42).unwrap_err().to_string().contains(GENERATION));
         let err = parse(&env("42", "99999999999999999999999"), 42).unwrap_err();
         assert!(err.to_string().contains("LISTEN_FDS"));
@@ -510,6 +529,7 @@ mod tests {
                             listen_fdnames: Some(names.into()),
                             ready_fd: Some(other.into()),
                             generation: Some(other.into()),
+                            master_pid: Some(other.into()),
                         };
                         let _ = parse(&e, 42);
                     }

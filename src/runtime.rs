@@ -28,6 +28,7 @@ use crate::drain::{self, DrainApp, TRACKER};
 use crate::error::{Error, Result};
 use crate::hooks::{run_guarded, HookStage, Hooks, ServingEvent, UpgradeEvent};
 use crate::listeners::{self, InheritEnv, Listener, Socket};
+use crate::master::Master;
 use crate::notify::{self, Notifier};
 use crate::pidfile;
 use crate::signals::{self, Action, Signal};
@@ -53,6 +54,19 @@ pub(crate) struct Settings {
     pub(crate) backlog: u32,
     pub(crate) executable: Option<PathBuf>,
     pub(crate) unix_socket_mode: Option<u32>,
+    pub(crate) mode: ProcessMode,
+}
+
+/// How upgrades change processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProcessMode {
+    /// The serving process re-executes itself on `SIGHUP`: the pid changes on every upgrade,
+    /// like Go's endless and nginx. The default.
+    #[default]
+    Reexec,
+    /// A small master process keeps its pid and the listening sockets; server generations run
+    /// as its workers. For supervisors that track a pid (supervisord, runit, container PID 1).
+    Master,
 }
 
 impl Default for Settings {
@@ -65,6 +79,7 @@ impl Default for Settings {
             backlog: 4096,
             executable: None,
             unix_socket_mode: None,
+            mode: ProcessMode::Reexec,
         }
     }
 }
@@ -166,15 +181,29 @@ where
     let signal_handle = signals::listen(tx.clone(), Event::Signal)
         .map_err(Error::io("installing signal handlers"))?;
 
-    drain::register_factory(factory);
-    TRACKER.set_draining(false);
     let notifier = Notifier::from_env().unwrap_or_else(|e| {
         warn!("{who}: not notifying systemd: {e}");
         None
     });
+    if settings.mode == ProcessMode::Master && inherited.master.is_none() {
+        let master = Master::new(settings, hooks, exe, listeners, notifier, tx);
+        let result = master.run(rx);
+        signal_handle.close();
+        return result;
+    }
+    let mut settings = settings;
+    if let Some(master) = inherited.master {
+        info!("{who}: worker of master pid {master}");
+        // The master owns the pid file and talks to systemd.
+        settings.pid_file = None;
+    }
+
+    drain::register_factory(factory);
+    TRACKER.set_draining(false);
     let control = Control {
         who,
         notifier,
+        master: inherited.master,
         settings,
         hooks,
         exe,
@@ -338,6 +367,8 @@ struct Outcome {
 
 struct Control {
     who: Who,
+    /// The stable-pid master this process is a worker of: upgrades are its job.
+    master: Option<u32>,
     /// systemd's notification socket, when `NOTIFY_SOCKET` is set.
     notifier: Option<Notifier>,
     settings: Settings,
@@ -452,8 +483,10 @@ impl Control {
         }
         if let Some(ready) = self.ready.take() {
             match child::report_ready(ready) {
-                Ok(()) => info!("{who}: reported ready to the previous generation"),
-                Err(e) => warn!("{who}: could not report ready ({e}); the previous generation is gone, serving on"),
+                Ok(()) => info!("{who}: reported ready to the parent process"),
+                Err(e) => warn!(
+                    "{who}: could not report ready ({e}); the parent process is gone, serving on"
+                ),
             }
         }
         let addrs: Vec<SocketAddr> = self
@@ -506,6 +539,15 @@ impl Control {
             self.post(signal);
             return;
         }
+        if let Some(master) = self.master {
+            info!("{who}: upgrade request forwarded to master pid {master}");
+            let master = nix::unistd::Pid::from_raw(master as i32);
+            if let Err(e) = nix::sys::signal::kill(master, nix::sys::signal::Signal::SIGHUP) {
+                error!("{who}: cannot forward the upgrade request to the master: {e}");
+            }
+            self.post(signal);
+            return;
+        }
         let generation = who.generation + 1;
         self.notify(&[
             "RELOADING=1",
@@ -516,20 +558,13 @@ impl Control {
             "{who}: upgrading: starting generation {generation} from {}",
             self.exe.path.display()
         );
-        match child::spawn(&self.exe, &self.listeners, generation) {
+        match child::spawn(&self.exe, &self.listeners, generation, None) {
             Err(e) => self.upgrade_failed(e, signal),
             Ok(spawned) => {
                 let pid = spawned.child.id();
                 let timeout = self.settings.upgrade_timeout;
                 info!("{who}: generation {generation} started as pid {pid}; waiting up to {timeout:?} for it to report ready");
-                let tx = self.tx.clone();
-                let ready = spawned.ready;
-                let watcher = std::thread::Builder::new()
-                    .name("actix-endless-readiness".into())
-                    .spawn(move || {
-                        let readiness = child::await_ready(&ready, timeout);
-                        let _ = tx.send(Event::Readiness { pid, readiness });
-                    });
+                let watcher = child::watch(spawned.ready, pid, timeout, self.tx.clone());
                 let mut child = spawned.child;
                 if let Err(e) = watcher {
                     abandon(who, &mut child, "no thread to watch its readiness");

@@ -13,12 +13,15 @@ pub struct Options {
     pub hammer_time: HammerTime,
     pub upgrade_timeout: Duration,
     pub workers: Option<usize>,
+    /// `--master`: run under a stable-pid master.
+    pub master: bool,
     /// Flags the common parser does not know, as `(flag, value)`.
     pub extra: Vec<(String, String)>,
 }
 
-const USAGE: &str = "options: --bind ADDR|unix:PATH (repeatable, default 127.0.0.1:8080) --pid-file PATH \
---addr-file PATH --hammer-time MS|never --upgrade-timeout MS --workers N";
+const USAGE: &str =
+    "options: --bind ADDR|unix:PATH (repeatable, default 127.0.0.1:8080) --pid-file PATH \
+--addr-file PATH --hammer-time MS|never --upgrade-timeout MS --workers N --master";
 
 impl Options {
     /// Parses `std::env::args`, exiting with a usage message on a bad flag.
@@ -43,6 +46,7 @@ impl Options {
             hammer_time: HammerTime::After(Duration::from_secs(60)),
             upgrade_timeout: Duration::from_secs(30),
             workers: None,
+            master: false,
             extra: Vec::new(),
         };
         let millis = |v: &str| {
@@ -51,6 +55,10 @@ impl Options {
                 .map_err(|_| format!("not a number of milliseconds: {v}"))
         };
         while let Some(flag) = args.next() {
+            if flag == "--master" {
+                options.master = true;
+                continue;
+            }
             let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
             match flag.as_str() {
                 "--bind" => options.binds.push(value),
@@ -123,7 +131,7 @@ where
     if let Some(path) = options.addr_file.clone() {
         endless = endless.on_serving(move |event| {
             let text: String = event.addrs.iter().map(|a| format!("{a}\n")).collect();
-            let tmp = path.with_extension("tmp");
+            let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
             if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path)) {
                 log::error!("cannot write {}: {e}", path.display());
             }
@@ -144,6 +152,9 @@ where
                 );
             });
         }
+    }
+    if options.master {
+        endless = endless.process_mode(actix_endless::ProcessMode::Master);
     }
     endless
         .hammer_time(options.hammer_time)
