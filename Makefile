@@ -16,21 +16,21 @@ build:
 	$(CARGO) build --workspace --all-targets
 
 unit:
-	$(CARGO) test -p actix-endless --all-targets
+	$(CARGO) test -p actix-endless --all-targets --all-features
 
 integration:
-	$(CARGO) build --examples -p actix-endless
+	$(CARGO) build --examples -p actix-endless --all-features
 	$(CARGO) test -p integration -- --test-threads=2
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
 
 doc:
-	RUSTDOCFLAGS=-Dwarnings $(CARGO) doc --no-deps -p actix-endless
+	RUSTDOCFLAGS=-Dwarnings $(CARGO) doc --no-deps -p actix-endless --all-features
 
 ## Restart-under-load benchmark (release build, wrk); prints one table.
 bench:

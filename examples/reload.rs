@@ -45,6 +45,7 @@ fn main() -> std::io::Result<()> {
             ),
         }
     });
+    let endless = common::bind_all(endless, &options);
     common::configure(endless, &options).run()?;
     Ok(())
 }

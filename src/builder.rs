@@ -13,7 +13,7 @@ use actix_web::dev::{AppConfig, Extensions, Response, Service, ServiceFactory};
 use crate::drain::{OnConnect, Server};
 use crate::error::{Error, Result};
 use crate::hooks::{HookStage, Hooks, ServingEvent, SignalEvent, UpgradeEvent};
-use crate::listeners::BindAddr;
+use crate::listeners::{BindAddr, TlsConfig};
 use crate::runtime::{self, Event, ProcessMode, Settings};
 use crate::signals::{Action, Signal};
 
@@ -91,7 +91,7 @@ where
     B: MessageBody + 'static,
 {
     pub(crate) factory: F,
-    pub(crate) binds: Vec<(String, std::io::Result<Vec<BindAddr>>)>,
+    pub(crate) binds: Vec<Bind>,
     pub(crate) settings: Settings,
     pub(crate) hooks: Hooks,
     pub(crate) configure: Option<Configure<S, B>>,
@@ -133,7 +133,32 @@ where
         let resolved = addr
             .to_socket_addrs()
             .map(|addrs| addrs.map(BindAddr::Tcp).collect());
-        self.binds.push((addr.to_string(), resolved));
+        self.binds.push(Bind {
+            text: addr.to_string(),
+            resolved,
+            tls: None,
+        });
+        self
+    }
+
+    /// Serves HTTPS on a TCP address with `config` (requires the `rustls` feature). Each
+    /// generation is configured by the code that starts it, so loading the certificate and key
+    /// from files before calling this makes `SIGHUP` rotate them; a new generation that cannot
+    /// load them fails to start and the old one serves on.
+    #[cfg(feature = "rustls")]
+    pub fn bind_rustls(
+        mut self,
+        addr: impl ToSocketAddrs + fmt::Display,
+        config: rustls::ServerConfig,
+    ) -> Self {
+        let resolved = addr
+            .to_socket_addrs()
+            .map(|addrs| addrs.map(BindAddr::Tcp).collect());
+        self.binds.push(Bind {
+            text: addr.to_string(),
+            resolved,
+            tls: Some(std::sync::Arc::new(config)),
+        });
         self
     }
 
@@ -143,8 +168,11 @@ where
     pub fn bind_uds(mut self, path: impl Into<PathBuf>) -> Self {
         let path = path.into();
         let text = format!("unix:{}", path.display());
-        self.binds
-            .push((text, Ok(vec![BindAddr::Unix { path, mode: None }])));
+        self.binds.push(Bind {
+            text,
+            resolved: Ok(vec![BindAddr::Unix { path, mode: None }]),
+            tls: None,
+        });
         self
     }
 
@@ -274,13 +302,25 @@ where
     }
 }
 
+/// One configured address, as given, resolved, and how to serve it.
+pub(crate) struct Bind {
+    text: String,
+    resolved: std::io::Result<Vec<BindAddr>>,
+    tls: Option<TlsConfig>,
+}
+
 /// Resolves the configured addresses, failing on the first that did not resolve.
 pub(crate) fn resolve(
-    binds: Vec<(String, std::io::Result<Vec<BindAddr>>)>,
+    binds: Vec<Bind>,
     unix_socket_mode: Option<u32>,
-) -> Result<Vec<BindAddr>> {
+) -> Result<Vec<(BindAddr, Option<TlsConfig>)>> {
     let mut addrs = Vec::new();
-    for (text, resolved) in binds {
+    for Bind {
+        text,
+        resolved,
+        tls,
+    } in binds
+    {
         let resolved = resolved.map_err(|source| Error::Bind {
             addr: text.clone(),
             source,
@@ -294,12 +334,15 @@ pub(crate) fn resolve(
                 ),
             });
         }
-        addrs.extend(resolved.into_iter().map(|addr| match addr {
-            BindAddr::Unix { path, .. } => BindAddr::Unix {
-                path,
-                mode: unix_socket_mode,
-            },
-            tcp => tcp,
+        addrs.extend(resolved.into_iter().map(|addr| {
+            let addr = match addr {
+                BindAddr::Unix { path, .. } => BindAddr::Unix {
+                    path,
+                    mode: unix_socket_mode,
+                },
+                tcp => tcp,
+            };
+            (addr, tls.clone())
         }));
     }
     Ok(addrs)

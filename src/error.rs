@@ -54,7 +54,7 @@ pub enum Error {
     ChildExited {
         /// Its pid.
         pid: u32,
-        /// How it ended, e.g. `exited with status 1`.
+        /// How it ended, e.g. `exit status: 1`.
         status: String,
     },
     /// The new generation did not report ready within the upgrade timeout.
@@ -96,7 +96,10 @@ impl fmt::Display for Error {
                 write!(f, "cannot start {}: {source}", program.display())
             }
             Error::ChildExited { pid, status } => {
-                write!(f, "new process {pid} {status} before it reported ready")
+                write!(
+                    f,
+                    "new process {pid} ended ({status}) before it reported ready"
+                )
             }
             Error::ReadyTimeout { pid, timeout } => {
                 write!(

@@ -249,11 +249,20 @@ impl fmt::Display for Socket {
     }
 }
 
-/// A named listening socket.
+/// The TLS configuration a TCP listener is served with.
+#[cfg(feature = "rustls")]
+pub(crate) type TlsConfig = std::sync::Arc<rustls::ServerConfig>;
+/// Without the `rustls` feature there is no TLS configuration.
+#[cfg(not(feature = "rustls"))]
+pub(crate) type TlsConfig = std::convert::Infallible;
+
+/// A named listening socket, and how it is served.
 #[derive(Debug)]
 pub(crate) struct Listener {
     pub(crate) name: String,
     pub(crate) socket: Socket,
+    /// Served with TLS when set (TCP only).
+    pub(crate) tls: Option<TlsConfig>,
 }
 
 /// What a process adopted from its parent (or from systemd).
@@ -308,7 +317,11 @@ pub(crate) fn adopt(plan: InheritPlan) -> Result<Inherited> {
             ListenerFamily::Tcp => Socket::Tcp(TcpListener::from(owned)),
             ListenerFamily::Unix => Socket::Unix(UnixListener::from(owned)),
         };
-        listeners.push(Listener { name, socket });
+        listeners.push(Listener {
+            name,
+            socket,
+            tls: None,
+        });
     }
     let ready = match ready {
         None => None,
@@ -419,7 +432,11 @@ pub(crate) fn assemble(
             }
             None => addr.bind(backlog)?,
         };
-        listeners.push(Listener { name, socket });
+        listeners.push(Listener {
+            name,
+            socket,
+            tls: None,
+        });
     }
     let leftover = pool.into_iter().flatten();
     if configured.is_empty() {

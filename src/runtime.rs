@@ -161,14 +161,19 @@ where
     } = endless;
     let exe = Executable::resolve(settings.executable.as_deref())
         .map_err(Error::io("resolving the executable for upgrades"))?;
-    let addrs = resolve(binds, settings.unix_socket_mode)?;
+    let (addrs, tls): (Vec<_>, Vec<_>) = resolve(binds, settings.unix_socket_mode)?
+        .into_iter()
+        .unzip();
     if !inherited.listeners.is_empty() {
         info!(
             "{who}: inherited {} listening socket(s) from the previous generation or systemd",
             inherited.listeners.len()
         );
     }
-    let listeners = listeners::assemble(&addrs, inherited.listeners, settings.backlog)?;
+    let mut listeners = listeners::assemble(&addrs, inherited.listeners, settings.backlog)?;
+    for (listener, tls) in listeners.iter_mut().zip(tls) {
+        listener.tls = tls;
+    }
     if listeners.is_empty() {
         return Err(Error::Bind {
             addr: "(none)".to_owned(),
@@ -227,7 +232,7 @@ where
             .on_connect(move |io, ext| drain::on_connect(on_connect.as_ref(), io, ext))
             .disable_signals();
         for listener in &listeners {
-            server = listen(server, &listener.socket).map_err(|source| Error::Bind {
+            server = listen(server, listener).map_err(|source| Error::Bind {
                 addr: listener.socket.to_string(),
                 source,
             })?;
@@ -280,7 +285,7 @@ where
 /// hand-over.
 fn listen<S, B>(
     server: drain::Server<S, B>,
-    socket: &Socket,
+    listener: &Listener,
 ) -> std::io::Result<drain::Server<S, B>>
 where
     S: ServiceFactory<actix_http::Request, Config = AppConfig> + 'static,
@@ -291,7 +296,17 @@ where
     S::Service: 'static,
     B: MessageBody + 'static,
 {
-    match socket.try_clone()? {
+    match listener.socket.try_clone()? {
+        #[cfg(feature = "rustls")]
+        Socket::Tcp(l) if listener.tls.is_some() => {
+            l.set_nonblocking(true)?;
+            let config = listener
+                .tls
+                .as_deref()
+                .cloned()
+                .expect("checked by the guard");
+            server.listen_rustls_0_23(l, config)
+        }
         Socket::Tcp(l) => {
             l.set_nonblocking(true)?;
             server.listen(l)

@@ -10,15 +10,20 @@ use crate::common::{self, Options};
 pub fn main(release: &'static str) -> std::io::Result<()> {
     common::init_logging();
     let options = Options::parse(&[]);
-    let endless = actix_endless::Endless::new(move || {
-        App::new()
-            .app_data(web::Data::new(release))
-            .route("/", web::get().to(greet))
-            .route("/pid", web::get().to(pid))
-            .route("/sleep/{ms}", web::get().to(sleep))
-    });
+    let endless = actix_endless::Endless::new(move || App::new().configure(routes(release)));
+    let endless = common::bind_all(endless, &options);
     common::configure(endless, &options).run()?;
     Ok(())
+}
+
+/// The demo's routes, answering as `release`.
+pub fn routes(release: &'static str) -> impl Fn(&mut web::ServiceConfig) {
+    move |cfg| {
+        cfg.app_data(web::Data::new(release))
+            .route("/", web::get().to(greet))
+            .route("/pid", web::get().to(pid))
+            .route("/sleep/{ms}", web::get().to(sleep));
+    }
 }
 
 async fn greet(release: web::Data<&'static str>) -> HttpResponse {

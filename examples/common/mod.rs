@@ -99,8 +99,8 @@ pub fn init_logging() {
         .init();
 }
 
-/// Applies the common options and logs `hook: pre|post SIGNAME` for every handled signal.
-pub fn configure<F, I, S, B>(
+/// Serves on every `--bind` address: `unix:PATH` is a Unix domain socket, anything else TCP.
+pub fn bind_all<F, I, S, B>(
     mut endless: actix_endless::Endless<F, I, S, B>,
     options: &Options,
 ) -> actix_endless::Endless<F, I, S, B>
@@ -122,6 +122,26 @@ where
             None => endless.bind(bind.as_str()),
         };
     }
+    endless
+}
+
+/// Applies the common options (all but the addresses) and logs `hook: pre|post SIGNAME` for every handled signal.
+pub fn configure<F, I, S, B>(
+    mut endless: actix_endless::Endless<F, I, S, B>,
+    options: &Options,
+) -> actix_endless::Endless<F, I, S, B>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: actix_service::IntoServiceFactory<S, actix_http::Request>,
+    S: actix_web::dev::ServiceFactory<actix_http::Request, Config = actix_web::dev::AppConfig>
+        + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: std::fmt::Debug,
+    S::Response: Into<actix_web::dev::Response<B>> + 'static,
+    <S::Service as actix_web::dev::Service<actix_http::Request>>::Future: 'static,
+    S::Service: 'static,
+    B: actix_web::body::MessageBody + 'static,
+{
     if let Some(path) = &options.pid_file {
         endless = endless.pid_file(path);
     }
