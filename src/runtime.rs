@@ -35,6 +35,14 @@ use crate::signals::{self, Action, Signal};
 
 /// How often a drain checks whether it is done.
 const DRAIN_POLL: Duration = Duration::from_millis(2);
+/// How long the server has to confirm that it paused accepting.
+const PAUSE_CONFIRM: Duration = Duration::from_secs(2);
+/// After the pause is confirmed, actix's acceptor thread still has to act on it, and a
+/// connection it accepted just before is counted only once a worker has taken it from its
+/// queue. A drain never ends sooner than this after the pause, so such connections are seen
+/// (and served) instead of being closed unanswered. Generous for a loaded machine, still well
+/// below any keep-alive or hammer timeout.
+const ACCEPT_SETTLE: Duration = Duration::from_millis(50);
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 static RUNNING: AtomicBool = AtomicBool::new(false);
@@ -703,9 +711,13 @@ impl Control {
         if successor.is_none() {
             self.notify(&["STOPPING=1", "STATUS=stopping: draining connections"]);
         }
-        self.command(ServerHandle::pause);
         TRACKER.set_draining(true);
         TRACKER.touch();
+        if let Some(handle) = &self.handle {
+            if !block_on_for(handle.pause(), PAUSE_CONFIRM) {
+                warn!("{who}: the server did not confirm the pause within {PAUSE_CONFIRM:?}");
+            }
+        }
         let deadline = match self.settings.hammer_time {
             HammerTime::After(d) => Some(Instant::now() + d),
             HammerTime::Never => None,
@@ -746,9 +758,13 @@ impl Control {
         let connections = TRACKER.connections();
         let in_flight = TRACKER.in_flight();
         let elapsed = since.elapsed();
-        if connections == 0 {
+        // Connections accepted just before the acceptor paused are counted only once a worker
+        // has taken them from its queue; give that a moment before trusting a zero.
+        let settled = elapsed >= ACCEPT_SETTLE;
+        if settled && connections == 0 {
             info!("{who}: drained in {elapsed:?}");
-        } else if in_flight == 0 && TRACKER.idle_for() >= self.settings.idle_close_after {
+        } else if settled && in_flight == 0 && TRACKER.idle_for() >= self.settings.idle_close_after
+        {
             info!("{who}: drained in {elapsed:?}; closing {connections} idle keep-alive connection(s)");
         } else if deadline.is_some_and(|d| Instant::now() >= d) {
             warn!("{who}: hammer time after {elapsed:?}: forcing {connections} connection(s) with {in_flight} request(s) in flight closed");
@@ -800,6 +816,31 @@ impl Control {
     fn stop_server(&mut self) {
         self.command(|server| server.stop(false));
         self.state = State::Stopping;
+    }
+}
+
+/// Drives `fut` to completion on this (non-async) thread, for at most `timeout`.
+/// Returns whether it completed.
+fn block_on_for<Fut: Future>(fut: Fut, timeout: Duration) -> bool {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if fut.as_mut().poll(&mut cx).is_ready() {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        std::thread::park_timeout(left);
     }
 }
 

@@ -69,11 +69,13 @@ pub struct Examples {
     pub hello_v2: PathBuf,
     /// `examples/reload.rs`: answers the greeting of its `--config` file, re-read on SIGUSR1.
     pub reload: PathBuf,
+    /// `examples/hello_tls.rs`: `hello` over HTTPS (`--tls-cert`, `--tls-key`), `release tls`.
+    pub hello_tls: PathBuf,
 }
 
 /// Builds the examples of `actix-endless` once per test binary and returns their paths.
 ///
-/// Runs `$CARGO build --examples -p actix-endless` (`cargo` when `CARGO` is unset) from the
+/// Runs `$CARGO build --examples --all-features -p actix-endless` (`cargo` when `CARGO` is unset) from the
 /// workspace root and looks for the binaries in `<target dir>/debug/examples/`, where the
 /// target directory is `CARGO_TARGET_DIR` if set (relative to the workspace root) and
 /// `target/` otherwise.
@@ -99,7 +101,13 @@ fn build_examples() -> Examples {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     let mut command = Command::new(&cargo);
     command
-        .args(["build", "--examples", "-p", "actix-endless"])
+        .args([
+            "build",
+            "--examples",
+            "--all-features",
+            "-p",
+            "actix-endless",
+        ])
         .current_dir(&root)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -110,7 +118,7 @@ fn build_examples() -> Examples {
         .expect("waiting for cargo build failed");
     assert!(
         output.status.success(),
-        "`cargo build --examples -p actix-endless` failed ({}):\n{}{}",
+        "`cargo build --examples --all-features -p actix-endless` failed ({}):\n{}{}",
         output.status,
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr),
@@ -135,6 +143,7 @@ fn build_examples() -> Examples {
         hello: find("hello"),
         hello_v2: find("hello_v2"),
         reload: find("reload"),
+        hello_tls: find("hello_tls"),
     }
 }
 

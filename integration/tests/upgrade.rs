@@ -73,7 +73,8 @@ fn sighup_runs_the_replaced_binary() {
     send_signal(old, Signal::SIGHUP);
     let new = server.wait_for_new_pid(old, TIMEOUT);
 
-    assert_eq!(server.get("/").expect("GET /"), hello(new, 2, "v2"));
+    // Until the new process reports ready, the old one still accepts connections from the
+    // shared listening socket; once it has exited, only the new release answers.
     let status = server.wait_exit(TIMEOUT);
     assert!(status.success(), "old process exited with {status}");
     assert_eq!(server.get("/").expect("GET /"), hello(new, 2, "v2"));

@@ -27,10 +27,17 @@
 //! Every process is started into a guard that kills it by pid at the end of its row, also on
 //! error or panic; every wait has a deadline. Only 127.0.0.1 is used.
 
+// A binary's crate root looks for modules next to itself (src/bin/), so point at the
+// submodule directory explicitly.
+#[path = "restart_bench/cli.rs"]
 mod cli;
+#[path = "restart_bench/procs.rs"]
 mod procs;
+#[path = "restart_bench/report.rs"]
 mod report;
+#[path = "restart_bench/scenario.rs"]
 mod scenario;
+#[path = "restart_bench/wrk.rs"]
 mod wrk;
 
 use std::{
@@ -67,6 +74,7 @@ fn main() -> ExitCode {
 
 /// Runs every selected row and prints the report. `Ok(true)` if no target failed.
 fn run(cfg: Config) -> Result<bool, String> {
+    procs::catch_interrupts().map_err(|e| format!("sigaction: {e}"))?;
     let bins = locate_bins(&cfg)?;
     let wrk_version = wrk_version(&bins.wrk)?;
     for (name, path) in [("hello", &bins.hello), ("plain_hello", &bins.plain)] {
@@ -87,6 +95,12 @@ fn run(cfg: Config) -> Result<bool, String> {
 
     let work = std::env::temp_dir().join(format!("restart_bench.{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let setup = Setup {
+        wrk_version,
+        nofile,
+        load_before: loadavg(),
+        work: work.clone(),
+    };
 
     let specs = plan(&cfg);
     let secs = cfg.duration.as_secs() as usize * specs.len();
@@ -116,11 +130,15 @@ fn run(cfg: Config) -> Result<bool, String> {
             Err(e) => eprintln!("ERROR: {}", e.lines().next().unwrap_or("")),
         }
         rows.push(row);
+        if procs::interrupted() {
+            eprintln!("restart_bench: interrupted; remaining rows skipped");
+            break;
+        }
     }
 
     let targets = report::targets(&rows, &cfg);
     let passed = targets.iter().all(|t| t.verdict != Verdict::Fail);
-    print_report(&cfg, &bins, &wrk_version, nofile, &rows, &targets, &work);
+    print_report(&cfg, &bins, &setup, &rows, &targets);
 
     if passed {
         let _ = std::fs::remove_dir_all(&work);
@@ -218,6 +236,14 @@ fn wrk_version(wrk: &Path) -> Result<String, String> {
         .into())
 }
 
+/// The three load averages of `/proc/loadavg`, or a placeholder.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// `uname -srm`, or a placeholder.
 fn uname() -> String {
     Command::new("uname")
@@ -246,22 +272,43 @@ fn command_line() -> String {
         .join(" ")
 }
 
+/// Facts about the run printed in the report header.
+struct Setup {
+    /// First line of `wrk -v`.
+    wrk_version: String,
+    /// RLIMIT_NOFILE inherited by wrk and the servers.
+    nofile: u64,
+    /// `/proc/loadavg` before the first row.
+    load_before: String,
+    /// Directory of the row files.
+    work: PathBuf,
+}
+
 /// Prints everything to stdout.
 fn print_report(
     cfg: &Config,
     bins: &Bins,
-    wrk_version: &str,
-    nofile: u64,
+    setup: &Setup,
     rows: &[Row],
     targets: &[report::Target],
-    work: &Path,
 ) {
+    let Setup {
+        wrk_version,
+        nofile,
+        load_before,
+        work,
+    } = setup;
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("## actix-endless restart benchmark\n");
     println!("date:     {}", report::utc_now());
     println!(
         "system:   {} ({nproc} cpus, shared by wrk and the server)",
         uname()
+    );
+    println!(
+        "load avg: {load_before} at start, {} at end (/proc/loadavg; other work on the \
+         machine skews the figures)",
+        loadavg()
     );
     println!("command:  {}", command_line());
     println!(

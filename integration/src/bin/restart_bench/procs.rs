@@ -10,14 +10,43 @@
 use std::{
     fs, io,
     process::{Child, Command, ExitStatus},
+    sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
 use nix::{
-    sys::signal::{kill, Signal},
+    sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal},
     unistd::Pid,
 };
+
+/// Set by SIGINT/SIGTERM: every wait gives up, the rows end, the guards kill what we started.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// The SIGINT/SIGTERM handler: one atomic store, which is async-signal-safe.
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Makes SIGINT and SIGTERM set a flag instead of killing the benchmark, so that the guards
+/// still kill every process it started. Children get default dispositions back at exec.
+pub fn catch_interrupts() -> io::Result<()> {
+    let action = SigAction::new(
+        SigHandler::Handler(on_interrupt),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe, cannot panic).
+        unsafe { sigaction(sig, &action) }.map_err(io::Error::from)?;
+    }
+    Ok(())
+}
+
+/// True once SIGINT or SIGTERM was received.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
 
 /// A process identity: pid plus start time (clock ticks since boot).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,7 +122,8 @@ pub fn children(pid: i32) -> Vec<i32> {
     out
 }
 
-/// Polls `f` every `every` until it returns `Some` or `deadline` passes.
+/// Polls `f` every `every` until it returns `Some`, `deadline` passes or the benchmark is
+/// interrupted.
 pub fn poll_until<T>(
     deadline: Instant,
     every: Duration,
@@ -103,7 +133,7 @@ pub fn poll_until<T>(
         if let Some(v) = f() {
             return Some(v);
         }
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline || interrupted() {
             return None;
         }
         thread::sleep(every);
@@ -173,30 +203,19 @@ impl Guard {
         running && kill(Pid::from_raw(pid), sig).is_ok()
     }
 
-    /// Pids of everything that may still run: unreaped children and live adopted processes.
-    pub fn live(&mut self) -> Vec<i32> {
-        self.reap();
-        let mut out: Vec<i32> = self
-            .children
-            .iter()
-            .filter(|(_, s)| s.is_none())
-            .map(|(c, _)| c.id() as i32)
-            .collect();
-        out.extend(self.adopted.iter().filter(|p| !p.is_gone()).map(|p| p.pid));
-        out
-    }
-
     /// Sends SIGKILL to everything still running and reaps the direct children.
     pub fn kill_all(&mut self) {
         self.reap();
         for (child, status) in &mut self.children {
             if status.is_none() {
                 let _ = child.kill();
-                // SIGKILL cannot be caught; bound the wait anyway.
+                // SIGKILL cannot be caught; bound the wait anyway. Not `poll_until`: this must
+                // also run after an interrupt.
                 let deadline = Instant::now() + Duration::from_secs(5);
-                *status = poll_until(deadline, Duration::from_millis(2), || {
-                    child.try_wait().ok().flatten()
-                });
+                while status.is_none() && Instant::now() < deadline {
+                    *status = child.try_wait().ok().flatten();
+                    thread::sleep(Duration::from_millis(1));
+                }
             }
         }
         for p in &self.adopted {

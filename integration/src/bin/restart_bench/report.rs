@@ -98,7 +98,7 @@ pub fn table(rows: &[Row], cfg: &Config) -> String {
         ];
         match &row.result {
             Err(_) => {
-                c.push("ERROR (see below)".into());
+                c.push("ERROR".into());
                 c.resize(header.len(), String::new());
             }
             Ok(d) => {

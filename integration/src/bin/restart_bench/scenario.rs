@@ -34,6 +34,8 @@ const WRK_GRACE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(1);
 /// Period of the RSS samples.
 const RSS_PERIOD: Duration = Duration::from_millis(5);
+/// Error of a row cut short by SIGINT/SIGTERM.
+const INTERRUPTED: &str = "interrupted by a signal";
 
 /// What a row measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,7 +234,11 @@ impl Runner {
         let deadline = t0 + self.cfg.duration + WRK_GRACE;
         let status = guard
             .wait_child(wrk_pid, deadline)
-            .ok_or("wrk did not finish within its duration + 30 s")?;
+            .ok_or(if procs::interrupted() {
+                INTERRUPTED
+            } else {
+                "wrk did not finish within its duration + 30 s"
+            })?;
         let text = fs::read_to_string(dir.join("wrk.out")).map_err(|e| format!("wrk.out: {e}"))?;
         if !status.success() {
             return Err(format!("wrk failed ({status}):\n{text}"));
@@ -416,6 +422,9 @@ impl Runner {
             if wrk_done && pending.is_none() && draining.is_empty() {
                 break;
             }
+            if procs::interrupted() {
+                return Err(INTERRUPTED.into());
+            }
             if now >= hard_deadline {
                 restarts
                     .problems
@@ -482,6 +491,9 @@ impl Runner {
             let due = t0 + *at;
             // Wait for the slot; bounded by `due`, interrupted if wrk ends.
             let wrk_ended = poll_until(due, POLL, || guard.try_wait(wrk_pid).map(|_| ()));
+            if procs::interrupted() {
+                return Err(INTERRUPTED.into());
+            }
             if wrk_ended.is_some() {
                 restarts.problems.push(format!(
                     "{} of {} restarts not done before the load ended",
@@ -550,6 +562,9 @@ impl Runner {
             match self.start_server(guard, dir, Kind::Naive, port) {
                 Ok(s) => return Ok((s, attempt)),
                 Err(e) => last_err = e,
+            }
+            if procs::interrupted() {
+                break;
             }
             thread::sleep(Duration::from_millis(20));
         }
