@@ -126,6 +126,14 @@ impl Master {
             self.pid,
             shown.join(", ")
         );
+        // Orphaned descendants (a worker's children) are reparented to us and reaped below,
+        // whether or not this process is PID 1.
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            warn!(
+                "master pid {}: cannot become a child subreaper: {e}",
+                self.pid
+            );
+        }
         self.start_worker(None);
         loop {
             match rx.recv_timeout(TICK) {
