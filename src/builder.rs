@@ -64,6 +64,32 @@ impl Handle {
     }
 }
 
+/// An application's service factory, as `HttpServer::new` accepts it: what an actix-web `App`
+/// is. Implemented for every type that qualifies; it only names the bounds once.
+pub trait AppFactory<B>:
+    ServiceFactory<
+        actix_http::Request,
+        Config = AppConfig,
+        Error: Into<actix_web::Error> + 'static,
+        InitError: fmt::Debug,
+        Response: Into<Response<B>> + 'static,
+        Service: Service<actix_http::Request, Future: 'static> + 'static,
+    > + 'static
+{
+}
+
+impl<S, B> AppFactory<B> for S where
+    S: ServiceFactory<
+            actix_http::Request,
+            Config = AppConfig,
+            Error: Into<actix_web::Error> + 'static,
+            InitError: fmt::Debug,
+            Response: Into<Response<B>> + 'static,
+            Service: Service<actix_http::Request, Future: 'static> + 'static,
+        > + 'static
+{
+}
+
 type Configure<S, B> = Box<dyn FnOnce(Server<S, B>) -> Server<S, B>>;
 
 /// The runtime builder: an actix-web application plus how to serve, upgrade and stop it.
@@ -82,12 +108,7 @@ pub struct Endless<F, I, S, B>
 where
     F: Fn() -> I + Send + Clone + 'static,
     I: IntoServiceFactory<S, actix_http::Request>,
-    S: ServiceFactory<actix_http::Request, Config = AppConfig> + 'static,
-    S::Error: Into<actix_web::Error> + 'static,
-    S::InitError: fmt::Debug,
-    S::Response: Into<Response<B>> + 'static,
-    <S::Service as Service<actix_http::Request>>::Future: 'static,
-    S::Service: 'static,
+    S: AppFactory<B>,
     B: MessageBody + 'static,
 {
     pub(crate) factory: F,
@@ -104,12 +125,7 @@ impl<F, I, S, B> Endless<F, I, S, B>
 where
     F: Fn() -> I + Send + Clone + 'static,
     I: IntoServiceFactory<S, actix_http::Request>,
-    S: ServiceFactory<actix_http::Request, Config = AppConfig> + 'static,
-    S::Error: Into<actix_web::Error> + 'static,
-    S::InitError: fmt::Debug,
-    S::Response: Into<Response<B>> + 'static,
-    <S::Service as Service<actix_http::Request>>::Future: 'static,
-    S::Service: 'static,
+    S: AppFactory<B>,
     B: MessageBody + 'static,
 {
     /// A runtime for the application `factory` (what `HttpServer::new` takes).

@@ -89,7 +89,7 @@ mod runtime;
 mod signals;
 mod sys;
 
-pub use builder::{Endless, HammerTime, Handle};
+pub use builder::{AppFactory, Endless, HammerTime, Handle};
 pub use error::{Error, Result};
 pub use hooks::{HookStage, ServingEvent, SignalEvent, UpgradeEvent};
 pub use runtime::{generation, ProcessMode};

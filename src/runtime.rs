@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use actix_service::IntoServiceFactory;
 use actix_web::body::MessageBody;
-use actix_web::dev::{AppConfig, Response, ServerHandle, Service, ServiceFactory};
+use actix_web::dev::ServerHandle;
 use actix_web::HttpServer;
 use log::{error, info, warn};
 
-use crate::builder::{resolve, Endless, HammerTime};
+use crate::builder::{resolve, AppFactory, Endless, HammerTime};
 use crate::child::{self, Executable, Readiness};
 use crate::drain::{self, DrainApp, TRACKER};
 use crate::error::{Error, Result};
@@ -141,12 +141,7 @@ pub(crate) fn run<F, I, S, B>(endless: Endless<F, I, S, B>) -> Result<()>
 where
     F: Fn() -> I + Send + Clone + 'static,
     I: IntoServiceFactory<S, actix_http::Request>,
-    S: ServiceFactory<actix_http::Request, Config = AppConfig> + 'static,
-    S::Error: Into<actix_web::Error> + 'static,
-    S::InitError: fmt::Debug,
-    S::Response: Into<Response<B>> + 'static,
-    <S::Service as Service<actix_http::Request>>::Future: 'static,
-    S::Service: 'static,
+    S: AppFactory<B>,
     B: MessageBody + 'static,
 {
     let _running = RunningGuard::acquire()?;
@@ -296,12 +291,7 @@ fn listen<S, B>(
     listener: &Listener,
 ) -> std::io::Result<drain::Server<S, B>>
 where
-    S: ServiceFactory<actix_http::Request, Config = AppConfig> + 'static,
-    S::Error: Into<actix_web::Error> + 'static,
-    S::InitError: fmt::Debug,
-    S::Response: Into<Response<B>> + 'static,
-    <S::Service as Service<actix_http::Request>>::Future: 'static,
-    S::Service: 'static,
+    S: AppFactory<B>,
     B: MessageBody + 'static,
 {
     match listener.socket.try_clone()? {

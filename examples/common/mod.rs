@@ -107,13 +107,7 @@ pub fn bind_all<F, I, S, B>(
 where
     F: Fn() -> I + Send + Clone + 'static,
     I: actix_service::IntoServiceFactory<S, actix_http::Request>,
-    S: actix_web::dev::ServiceFactory<actix_http::Request, Config = actix_web::dev::AppConfig>
-        + 'static,
-    S::Error: Into<actix_web::Error> + 'static,
-    S::InitError: std::fmt::Debug,
-    S::Response: Into<actix_web::dev::Response<B>> + 'static,
-    <S::Service as actix_web::dev::Service<actix_http::Request>>::Future: 'static,
-    S::Service: 'static,
+    S: actix_endless::AppFactory<B>,
     B: actix_web::body::MessageBody + 'static,
 {
     for bind in &options.binds {
@@ -133,13 +127,7 @@ pub fn configure<F, I, S, B>(
 where
     F: Fn() -> I + Send + Clone + 'static,
     I: actix_service::IntoServiceFactory<S, actix_http::Request>,
-    S: actix_web::dev::ServiceFactory<actix_http::Request, Config = actix_web::dev::AppConfig>
-        + 'static,
-    S::Error: Into<actix_web::Error> + 'static,
-    S::InitError: std::fmt::Debug,
-    S::Response: Into<actix_web::dev::Response<B>> + 'static,
-    <S::Service as actix_web::dev::Service<actix_http::Request>>::Future: 'static,
-    S::Service: 'static,
+    S: actix_endless::AppFactory<B>,
     B: actix_web::body::MessageBody + 'static,
 {
     if let Some(path) = &options.pid_file {
