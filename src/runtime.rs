@@ -7,7 +7,7 @@
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::Child;
@@ -32,17 +32,17 @@ use crate::master::Master;
 use crate::notify::{self, Notifier};
 use crate::pidfile;
 use crate::signals::{self, Action, Signal};
+use crate::sys::{self, LocalAddr};
 
 /// How often a drain checks whether it is done.
 const DRAIN_POLL: Duration = Duration::from_millis(2);
 /// How long the server has to confirm that it paused accepting.
 const PAUSE_CONFIRM: Duration = Duration::from_secs(2);
-/// After the pause is confirmed, actix's acceptor thread still has to act on it, and a
-/// connection it accepted just before is counted only once a worker has taken it from its
-/// queue. A drain never ends sooner than this after the pause, so such connections are seen
-/// (and served) instead of being closed unanswered. Generous for a loaded machine, still well
-/// below any keep-alive or hammer timeout.
+/// Where `/proc` cannot tell whether actix's acceptor has acted on the pause, or which
+/// connections are still queued for a worker, a drain waits this long after the pause instead.
 const ACCEPT_SETTLE: Duration = Duration::from_millis(50);
+/// How long the acceptor may take to act on a pause before the drain goes on regardless.
+const PAUSE_WAIT: Duration = Duration::from_secs(1);
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 static RUNNING: AtomicBool = AtomicBool::new(false);
@@ -221,6 +221,8 @@ where
         final_signals: Vec::new(),
         failure: None,
         listeners: Vec::new(),
+        listening: Vec::new(),
+        acceptor_fds: Vec::new(),
         handle: None,
     };
     let system = actix_rt::System::new();
@@ -234,14 +236,22 @@ where
         server = server
             .on_connect(move |io, ext| drain::on_connect(on_connect.as_ref(), io, ext))
             .disable_signals();
+        let mut acceptor_fds = Vec::with_capacity(listeners.len());
         for listener in &listeners {
-            server = listen(server, listener).map_err(|source| Error::Bind {
+            let fd;
+            (server, fd) = listen(server, listener).map_err(|source| Error::Bind {
                 addr: listener.socket.to_string(),
                 source,
             })?;
+            acceptor_fds.push(fd);
         }
         let server = server.run();
         let control = Control {
+            listening: listeners
+                .iter()
+                .filter_map(|l| LocalAddr::of(l.socket.fd()))
+                .collect(),
+            acceptor_fds,
             listeners,
             handle: Some(server.handle()),
             ..control
@@ -285,16 +295,18 @@ where
 }
 
 /// Hands one of our listening sockets to the server, keeping our own copy for the next
-/// hand-over.
+/// hand-over. Returns the descriptor the server got.
 fn listen<S, B>(
     server: drain::Server<S, B>,
     listener: &Listener,
-) -> std::io::Result<drain::Server<S, B>>
+) -> std::io::Result<(drain::Server<S, B>, RawFd)>
 where
     S: AppFactory<B>,
     B: MessageBody + 'static,
 {
-    match listener.socket.try_clone()? {
+    let socket = listener.socket.try_clone()?;
+    let fd = socket.fd().as_raw_fd();
+    let server = match socket {
         #[cfg(feature = "rustls")]
         Socket::Tcp(l) if listener.tls.is_some() => {
             l.set_nonblocking(true)?;
@@ -313,7 +325,8 @@ where
             l.set_nonblocking(true)?;
             server.listen_uds(l)
         }
-    }
+    }?;
+    Ok((server, fd))
 }
 
 /// Polls the server and reports [`Event::Serving`] after its first poll, which is when actix
@@ -365,6 +378,8 @@ enum State {
         deadline: Option<Instant>,
         /// The new generation we handed over to, watched so we can take over again if it dies.
         successor: Option<(Child, u64)>,
+        /// Whether actix's acceptor has acted on the pause (no connection can arrive any more).
+        acceptor_paused: bool,
     },
     /// The server has been told to stop; waiting for it to finish.
     Stopping,
@@ -395,6 +410,10 @@ struct Control {
     failure: Option<Error>,
     /// Our copies of the listening sockets: what an upgrade hands over.
     listeners: Vec<Listener>,
+    /// Where they listen, to recognise connections accepted from them.
+    listening: Vec<LocalAddr>,
+    /// The descriptors of actix's own copies of the listening sockets.
+    acceptor_fds: Vec<RawFd>,
     handle: Option<ServerHandle>,
 }
 
@@ -703,6 +722,7 @@ impl Control {
         }
         TRACKER.set_draining(true);
         TRACKER.touch();
+
         if let Some(handle) = &self.handle {
             if !block_on_for(handle.pause(), PAUSE_CONFIRM) {
                 warn!("{who}: the server did not confirm the pause within {PAUSE_CONFIRM:?}");
@@ -725,6 +745,7 @@ impl Control {
             since: Instant::now(),
             deadline,
             successor,
+            acceptor_paused: false,
         };
     }
 
@@ -734,6 +755,7 @@ impl Control {
             since,
             deadline,
             successor,
+            acceptor_paused,
         } = &mut self.state
         else {
             return;
@@ -745,15 +767,26 @@ impl Control {
                 return;
             }
         }
+        let elapsed = since.elapsed();
+        if !*acceptor_paused {
+            *acceptor_paused = acceptor_has_paused(who, &self.acceptor_fds, elapsed);
+        }
+        let acceptor_paused = *acceptor_paused;
         let connections = TRACKER.connections();
         let in_flight = TRACKER.in_flight();
-        let elapsed = since.elapsed();
-        // Connections accepted just before the acceptor paused are counted only once a worker
-        // has taken them from its queue; give that a moment before trusting a zero.
-        let settled = elapsed >= ACCEPT_SETTLE;
-        if settled && connections == 0 {
+        // A connection accepted just before the pause is counted by `TRACKER` only once a
+        // worker takes it from its queue; the kernel knows it at once. Until then it is not
+        // idle, and closing "everything" would reset it unanswered.
+        let none_queued = |counted: usize| match sys::count_accepted(&self.listening) {
+            Ok(open) => open <= counted,
+            Err(_) => elapsed >= ACCEPT_SETTLE,
+        };
+        if acceptor_paused && connections == 0 && none_queued(0) {
             info!("{who}: drained in {elapsed:?}");
-        } else if settled && in_flight == 0 && TRACKER.idle_for() >= self.settings.idle_close_after
+        } else if acceptor_paused
+            && in_flight == 0
+            && TRACKER.idle_for() >= self.settings.idle_close_after
+            && none_queued(connections)
         {
             info!("{who}: drained in {elapsed:?}; closing {connections} idle keep-alive connection(s)");
         } else if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -806,6 +839,20 @@ impl Control {
     fn stop_server(&mut self) {
         self.command(|server| server.stop(false));
         self.state = State::Stopping;
+    }
+}
+
+/// Whether actix's acceptor thread has stopped watching its listening sockets (`fds`), which it
+/// does when it acts on a pause: only then is a count of this process's connections final.
+fn acceptor_has_paused(who: Who, fds: &[RawFd], elapsed: Duration) -> bool {
+    match sys::epoll_watches_any(fds) {
+        Ok(false) => true,
+        Ok(true) if elapsed < PAUSE_WAIT => false,
+        Ok(true) => {
+            warn!("{who}: the acceptor still watches its sockets {elapsed:?} after the pause; draining regardless");
+            true
+        }
+        Err(_) => elapsed >= ACCEPT_SETTLE,
     }
 }
 

@@ -180,6 +180,127 @@ pub(crate) fn bind_unix(path: &Path, backlog: u32, mode: Option<u32>) -> io::Res
     Ok(UnixListener::from(fd))
 }
 
+/// Where a listening socket listens, to recognise the connections accepted from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LocalAddr {
+    Tcp(SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+impl LocalAddr {
+    /// The address `fd` (a listening socket) is bound to.
+    pub(crate) fn of(fd: BorrowedFd<'_>) -> Option<LocalAddr> {
+        local_addr(fd.as_raw_fd())
+    }
+
+    /// Whether a connection whose local address is `other` was accepted from this listener.
+    fn accepted(&self, other: &LocalAddr) -> bool {
+        match (self, other) {
+            (LocalAddr::Tcp(listen), LocalAddr::Tcp(local)) => {
+                listen.port() == local.port()
+                    && (listen.ip().is_unspecified() || listen.ip() == local.ip())
+            }
+            (LocalAddr::Unix(listen), LocalAddr::Unix(local)) => listen == local,
+            _ => false,
+        }
+    }
+}
+
+fn local_addr(fd: RawFd) -> Option<LocalAddr> {
+    let addr: socket::SockaddrStorage = socket::getsockname(fd).ok()?;
+    if let Some(v4) = addr.as_sockaddr_in() {
+        return Some(LocalAddr::Tcp(SocketAddr::V4((*v4).into())));
+    }
+    if let Some(v6) = addr.as_sockaddr_in6() {
+        return Some(LocalAddr::Tcp(SocketAddr::V6((*v6).into())));
+    }
+    let path = addr.as_unix_addr()?.path()?;
+    Some(LocalAddr::Unix(path.to_owned()))
+}
+
+/// This process's open descriptors and what `/proc/self/fd` says each one is.
+fn open_fds() -> io::Result<Vec<(RawFd, std::path::PathBuf)>> {
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let entry = entry?;
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        // A descriptor closed since the directory was read has no link any more: skip it.
+        if let Ok(target) = std::fs::read_link(entry.path()) {
+            fds.push((fd, target));
+        }
+    }
+    Ok(fds)
+}
+
+/// Whether any epoll instance of this process still watches one of `fds`: after actix's
+/// acceptor has acted on a pause it has removed its listening sockets from its epoll, and only
+/// then can no connection be accepted any more.
+pub(crate) fn epoll_watches_any(fds: &[RawFd]) -> io::Result<bool> {
+    for (epoll, target) in open_fds()? {
+        if target.as_os_str() != "anon_inode:[eventpoll]" {
+            continue;
+        }
+        let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{epoll}")) else {
+            continue;
+        };
+        let watched = info.lines().filter_map(|line| {
+            line.strip_prefix("tfd:")?
+                .split_whitespace()
+                .next()?
+                .parse::<RawFd>()
+                .ok()
+        });
+        if watched.into_iter().any(|fd| fds.contains(&fd)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// How many connections accepted from the listeners at `listening` this process holds open,
+/// as the kernel sees them: including those accepted but still queued for a worker, which
+/// no callback has counted yet.
+pub(crate) fn count_accepted(listening: &[LocalAddr]) -> io::Result<usize> {
+    let mut count = 0;
+    for (fd, target) in open_fds()? {
+        if !target.to_string_lossy().starts_with("socket:[") {
+            continue;
+        }
+        // The descriptor may be closed or reused by another thread at any moment; the calls
+        // below then fail or describe the new file, and the next check sees the truth.
+        if int_sockopt(fd, libc::SO_ACCEPTCONN) != Some(0)
+            || int_sockopt(fd, libc::SO_TYPE) != Some(libc::SOCK_STREAM)
+        {
+            continue;
+        }
+        if let Some(local) = local_addr(fd) {
+            if listening.iter().any(|l| l.accepted(&local)) {
+                count += 1;
+            }
+        }
+    }
+    Ok(count)
+}
+
+fn int_sockopt(fd: RawFd, option: libc::c_int) -> Option<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `value`, an int it owns; an fd
+    // number that is not (or no longer) a socket only makes it fail.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(value)
+}
+
 /// A close-on-exec pipe: `(read end, write end)`.
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
@@ -372,6 +493,35 @@ mod tests {
         let file = std::fs::File::open("/proc/self/stat").unwrap();
         let err = inspect_listener(file.as_fd()).unwrap_err();
         assert!(err.contains("regular file"), "{err}");
+    }
+
+    #[test]
+    fn accepted_connections_are_counted_by_local_address() {
+        let l = bind_tcp("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let local = [LocalAddr::of(l.as_fd()).unwrap()];
+        assert_eq!(count_accepted(&local).unwrap(), 0);
+        // Until it is accepted the connection sits in the backlog, and the client end (ours
+        // too) has an ephemeral local port: nothing to count.
+        let _client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        assert_eq!(count_accepted(&local).unwrap(), 0);
+        let (conn, _) = l.accept().unwrap();
+        assert_eq!(count_accepted(&local).unwrap(), 1);
+        drop(conn);
+        assert_eq!(count_accepted(&local).unwrap(), 0);
+    }
+
+    #[test]
+    fn epoll_registration_is_visible() {
+        let l = bind_tcp("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let fd = l.as_raw_fd();
+        assert!(!epoll_watches_any(&[fd]).unwrap());
+        let epoll =
+            nix::sys::epoll::Epoll::new(nix::sys::epoll::EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
+        let event = nix::sys::epoll::EpollEvent::new(nix::sys::epoll::EpollFlags::EPOLLIN, 1);
+        epoll.add(&l, event).unwrap();
+        assert!(epoll_watches_any(&[fd]).unwrap());
+        epoll.delete(&l).unwrap();
+        assert!(!epoll_watches_any(&[fd]).unwrap());
     }
 
     #[test]
