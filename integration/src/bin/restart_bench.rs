@@ -272,6 +272,9 @@ fn command_line() -> String {
         .join(" ")
 }
 
+/// Above this share of the CPU used by other processes during a row, the report warns.
+const NOISY_PCT: f64 = 5.0;
+
 /// Facts about the run printed in the report header.
 struct Setup {
     /// First line of `wrk -v`.
@@ -345,6 +348,30 @@ fn print_report(
     println!("naive: signal->ready = SIGTERM until the new process has bound the port (the downtime); ->old exit = SIGTERM");
     println!("      until the old process exited.");
     println!("peak RSS = max over ~5 ms samples of the summed VmRSS of all live server processes (old + new generation).");
+    println!("other CPU % = share of the machine's CPU used during the row by processes the benchmark did not start");
+    println!("      (/proc/stat busy time minus getrusage of the bench and its reaped children, the sampled CPU time of");
+    println!("      orphaned generations and ksoftirqd). A noise indicator: above a few % the row was disturbed.");
+    let noisy: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            let p = r.result.as_ref().ok()?.other_cpu_pct?;
+            (p > NOISY_PCT).then(|| {
+                format!(
+                    "{} {} run {} ({p:.1} %)",
+                    r.spec.kind.name(),
+                    r.spec.mode.name(),
+                    r.spec.run
+                )
+            })
+        })
+        .collect();
+    if !noisy.is_empty() {
+        println!(
+            "WARNING: other processes used more than {NOISY_PCT} % of the CPU during: {}; ratios and latencies \
+             of these rows are unreliable, rerun on a quiet machine.",
+            noisy.join(", ")
+        );
+    }
     println!();
     match report::steady_line(rows, cfg) {
         Some(line) => println!("{line}"),

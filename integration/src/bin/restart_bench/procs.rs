@@ -87,14 +87,96 @@ impl Proc {
 
 /// State letter and start time from `/proc/<pid>/stat`; `None` if there is no such process.
 fn stat(pid: i32) -> Option<(char, u64)> {
+    let f = stat_fields(pid)?;
+    Some((f.first()?.chars().next()?, f.get(19)?.parse().ok()?))
+}
+
+/// The fields of `/proc/<pid>/stat` from field 3 (state) on: index `i` is field `i + 3`.
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // "pid (comm) S ppid ...": comm may contain spaces and parentheses, so split after the
-    // last ')'. Field 3 (state) is then the first word and field 22 (starttime) the 20th.
+    // last ')'.
     let rest = &text[text.rfind(')')? + 1..];
-    let mut words = rest.split_whitespace();
-    let state = words.next()?.chars().next()?;
-    let start_time = words.nth(18)?.parse().ok()?;
-    Some((state, start_time))
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Clock ticks per second of `/proc` times.
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as f64
+    } else {
+        100.0
+    }
+}
+
+/// CPU time (user + system, all threads) `p` has used so far, in seconds; `None` if gone.
+pub fn cpu_secs(p: &Proc) -> Option<f64> {
+    let f = stat_fields(p.pid)?;
+    if f.get(19)?.parse::<u64>().ok()? != p.start_time {
+        return None;
+    }
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / clock_ticks())
+}
+
+/// CPU time of the whole machine that was not idle (user, nice, system, irq, softirq,
+/// steal), in seconds summed over all CPUs, from the first line of `/proc/stat`.
+pub fn machine_busy_secs() -> Option<f64> {
+    let text = fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().next()?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7)?;
+    Some(busy as f64 / clock_ticks())
+}
+
+/// CPU time used so far by the `ksoftirqd/N` kernel threads, in seconds. Under loopback load
+/// they mostly process our own traffic, so the noise indicator counts them as ours.
+pub fn ksoftirqd_cpu_secs() -> f64 {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let mut ticks = 0u64;
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if !text.contains("(ksoftirqd/") {
+            continue;
+        }
+        if let Some(f) = stat_fields(pid) {
+            let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            ticks += field(11) + field(12);
+        }
+    }
+    ticks as f64 / clock_ticks()
+}
+
+/// CPU time used by this process plus its reaped descendants (`getrusage` SELF +
+/// CHILDREN), in seconds.
+pub fn own_and_reaped_cpu_secs() -> f64 {
+    let secs = |who| {
+        // SAFETY: all-zero is a valid rusage; getrusage fills it through a valid pointer.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::getrusage(who, &mut ru) } != 0 {
+            return 0.0;
+        }
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        tv(ru.ru_utime) + tv(ru.ru_stime)
+    };
+    secs(libc::RUSAGE_SELF) + secs(libc::RUSAGE_CHILDREN)
 }
 
 /// Resident set size (`VmRSS` of `/proc/<pid>/status`) in KiB; `None` if unavailable.

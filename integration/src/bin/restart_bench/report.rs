@@ -88,6 +88,7 @@ pub fn table(rows: &[Row], cfg: &Config) -> String {
         "signal->ready ms med / max",
         "->old exit ms med / max",
         "peak RSS MiB",
+        "other CPU %",
     ];
     let mut cells: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for row in rows {
@@ -137,6 +138,7 @@ pub fn table(rows: &[Row], cfg: &Config) -> String {
                     med_max(&r.to_exit),
                     d.peak_rss_kib
                         .map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
+                    d.other_cpu_pct.map_or("-".into(), |p| format!("{p:.1}")),
                 ]);
             }
         }

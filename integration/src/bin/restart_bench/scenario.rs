@@ -5,6 +5,7 @@
 //! [`Guard`] that kills it at the end of the row, also on error or panic.
 
 use std::{
+    collections::HashMap,
     fs,
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -110,6 +111,14 @@ pub struct RowData {
     pub restarts: Restarts,
     /// Other remarks (e.g. a server that did not stop in time).
     pub notes: Vec<String>,
+    /// CPU seconds of server processes that someone else reaps (hello generations after the
+    /// first, orphaned when their parent exits), last sampled value of each.
+    pub orphan_cpu_secs: f64,
+    /// Share of the machine's CPU capacity used during the row by processes the benchmark did
+    /// not start: busy time from `/proc/stat` minus this process, its reaped children (both
+    /// from `getrusage`), the orphaned generations and the `ksoftirqd` threads (our loopback
+    /// traffic). A noise indicator.
+    pub other_cpu_pct: Option<f64>,
 }
 
 /// A row and its outcome.
@@ -183,16 +192,27 @@ impl Runner {
             spec.mode.name(),
             spec.run
         ));
-        let result = fs::create_dir_all(&dir)
+        let busy0 = procs::machine_busy_secs();
+        let ours0 = procs::own_and_reaped_cpu_secs() + procs::ksoftirqd_cpu_secs();
+        let t0 = Instant::now();
+        let mut result = fs::create_dir_all(&dir)
             .map_err(|e| format!("create {}: {e}", dir.display()))
             .and_then(|()| {
-                // The guard lives exactly as long as the row: everything is killed on return.
+                // The guard lives exactly as long as the row: everything is killed and reaped
+                // on return.
                 let mut guard = Guard::default();
                 match spec.kind {
                     Kind::Naive => self.naive(&mut guard, &dir, spec),
                     _ => self.monitored(&mut guard, &dir, spec),
                 }
             });
+        if let (Ok(d), Some(b0), Some(b1)) = (&mut result, busy0, procs::machine_busy_secs()) {
+            let cpus = thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            let ours1 = procs::own_and_reaped_cpu_secs() + procs::ksoftirqd_cpu_secs();
+            let ours = ours1 - ours0 + d.orphan_cpu_secs;
+            let capacity = t0.elapsed().as_secs_f64() * cpus;
+            d.other_cpu_pct = Some(((b1 - b0 - ours) / capacity * 100.0).max(0.0));
+        }
         Row { spec, result }
     }
 
@@ -346,6 +366,7 @@ impl Runner {
         // Old generations draining: (ready at, old process).
         let mut draining: Vec<(Instant, Proc)> = Vec::new();
         let mut peak_rss = 0u64;
+        let mut orphan_cpu: HashMap<(i32, u64), f64> = HashMap::new();
         let mut last_sample: Option<Instant> = None;
 
         let (wrk_pid, t0) = self.start_wrk(guard, dir, &wspec)?;
@@ -360,7 +381,8 @@ impl Runner {
 
             if last_sample.is_none_or(|t| now - t >= RSS_PERIOD) {
                 last_sample = Some(now);
-                peak_rss = peak_rss.max(sample_rss(guard, &mut tracked, first.pid));
+                let rss = sample(guard, &mut tracked, first.pid, &mut orphan_cpu);
+                peak_rss = peak_rss.max(rss);
             }
 
             if let (Some((sent, old)), Some(pid_file)) = (pending, &server.pid_file) {
@@ -396,10 +418,11 @@ impl Runner {
             }
 
             draining.retain(|(ready, old)| {
+                let since = Instant::now().saturating_duration_since(*ready);
                 if old.is_gone() {
-                    restarts.to_exit.push(now - *ready);
+                    restarts.to_exit.push(since);
                     false
-                } else if now - *ready > EXIT_TIMEOUT {
+                } else if since > EXIT_TIMEOUT {
                     restarts.problems.push(format!(
                         "old pid {} still running {:?} after its successor was ready",
                         old.pid, EXIT_TIMEOUT
@@ -442,12 +465,14 @@ impl Runner {
         }
 
         let wrk = self.finish_wrk(guard, dir, wrk_pid, t0)?;
-        let notes = stop_all(guard, &tracked);
+        let notes = stop_all(guard, &tracked, &mut orphan_cpu, first.pid);
         Ok(RowData {
             wrk,
             peak_rss_kib: Some(peak_rss),
             restarts,
             notes,
+            orphan_cpu_secs: orphan_cpu.values().sum(),
+            other_cpu_pct: None,
         })
     }
 
@@ -538,13 +563,16 @@ impl Runner {
 
         let wrk = self.finish_wrk(guard, dir, wrk_pid, t0)?;
         if let Some(p) = Proc::of(server.first) {
-            notes.extend(stop_all(guard, &[p]));
+            // Every plain_hello is our direct child: its CPU time is in getrusage(CHILDREN).
+            notes.extend(stop_all(guard, &[p], &mut HashMap::new(), p.pid));
         }
         Ok(RowData {
             wrk,
             peak_rss_kib: None,
             restarts,
             notes,
+            orphan_cpu_secs: 0.0,
+            other_cpu_pct: None,
         })
     }
 
@@ -584,9 +612,15 @@ fn track(guard: &mut Guard, tracked: &mut Vec<Proc>, p: Proc, direct: i32) {
     }
 }
 
-/// Discovers children of the tracked processes (a new generation appears as a child of the
-/// old one before it is ready) and returns the summed VmRSS of all live ones, in KiB.
-fn sample_rss(guard: &mut Guard, tracked: &mut Vec<Proc>, direct: i32) -> u64 {
+/// One sample: discovers children of the tracked processes (a new generation appears as a
+/// child of the old one before it is ready), records the CPU time of the processes we do not
+/// reap ourselves (all but `direct`), and returns the summed VmRSS of all live ones, in KiB.
+fn sample(
+    guard: &mut Guard,
+    tracked: &mut Vec<Proc>,
+    direct: i32,
+    orphan_cpu: &mut HashMap<(i32, u64), f64>,
+) -> u64 {
     let live: Vec<Proc> = tracked.iter().copied().filter(|p| !p.is_gone()).collect();
     for parent in &live {
         for pid in procs::children(parent.pid) {
@@ -595,6 +629,7 @@ fn sample_rss(guard: &mut Guard, tracked: &mut Vec<Proc>, direct: i32) -> u64 {
             }
         }
     }
+    record_cpu(tracked, direct, orphan_cpu);
     tracked
         .iter()
         .filter(|p| !p.is_gone())
@@ -602,15 +637,32 @@ fn sample_rss(guard: &mut Guard, tracked: &mut Vec<Proc>, direct: i32) -> u64 {
         .sum()
 }
 
+/// Updates the last seen CPU time of every live tracked process except `direct`.
+fn record_cpu(tracked: &[Proc], direct: i32, orphan_cpu: &mut HashMap<(i32, u64), f64>) {
+    for p in tracked.iter().filter(|p| p.pid != direct) {
+        if let Some(cpu) = procs::cpu_secs(p) {
+            orphan_cpu.insert((p.pid, p.start_time), cpu);
+        }
+    }
+}
+
 /// Stops every tracked process still running with SIGTERM and waits for all of them; what
-/// does not exit within [`EXIT_TIMEOUT`] is left to the guard's SIGKILL. Returns notes.
-fn stop_all(guard: &mut Guard, tracked: &[Proc]) -> Vec<String> {
+/// does not exit within [`EXIT_TIMEOUT`] is left to the guard's SIGKILL. Keeps recording the
+/// CPU time of the processes we do not reap (see [`record_cpu`]). Returns notes.
+fn stop_all(
+    guard: &mut Guard,
+    tracked: &[Proc],
+    orphan_cpu: &mut HashMap<(i32, u64), f64>,
+    direct: i32,
+) -> Vec<String> {
+    record_cpu(tracked, direct, orphan_cpu);
     for p in tracked {
         p.signal(Signal::SIGTERM);
     }
     let deadline = Instant::now() + EXIT_TIMEOUT;
     let done = poll_until(deadline, Duration::from_millis(2), || {
         guard.reap();
+        record_cpu(tracked, direct, orphan_cpu);
         tracked.iter().all(Proc::is_gone).then_some(())
     });
     if done.is_some() {
