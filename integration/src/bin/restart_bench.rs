@@ -175,6 +175,9 @@ fn plan(cfg: &Config) -> Vec<RowSpec> {
             if only.endless {
                 specs.push(row(Kind::Endless, mode, cfg.connections, cfg.restarts, run));
             }
+            if only.master {
+                specs.push(row(Kind::Master, mode, cfg.connections, cfg.restarts, run));
+            }
             if only.naive {
                 specs.push(row(Kind::Naive, mode, cfg.connections, cfg.restarts, run));
             }
@@ -340,11 +343,14 @@ fn print_report(
     print!("{}", report::table(rows, cfg));
     println!();
     println!("rows: control = hello, no restart; endless = hello + SIGHUP upgrades; naive = plain_hello + SIGTERM/wait/start on the same port;");
-    println!("      plain = plain_hello, no restart; scale = hello + upgrades with many keep-alive connections.");
+    println!("      plain = plain_hello, no restart; scale = hello + upgrades with many keep-alive connections;");
+    println!("      master = hello --master (stable pid) + SIGHUP to the master.");
     println!("vs control = req/s / control req/s of the same mode. failed requests = non-2xx + all socket errors.");
     println!("endless/scale: signal->ready = SIGHUP sent until the pid file names the new pid (polled every ~1 ms; the new");
     println!("      generation rewrites it just before reporting ready); ->old exit = from then until the old pid is gone");
     println!("      (/proc/<pid>/stat missing, state Z, or reused; our direct child reaped with waitpid WNOHANG).");
+    println!("master: signal->ready = SIGHUP to the master until it logs the new worker ready; ->old exit = from then");
+    println!("      until the old worker is gone. Peak RSS includes the master.");
     println!("naive: signal->ready = SIGTERM until the new process has bound the port (the downtime); ->old exit = SIGTERM");
     println!("      until the old process exited.");
     println!("peak RSS = max over ~5 ms samples of the summed VmRSS of all live server processes (old + new generation).");

@@ -19,7 +19,7 @@ options:
   --runs N                 repeat the upgrade rows (endless, naive, scale) N times (default 1)
   --scale-connections N    wrk connections of the scale row (default 1000)
   --scale-restarts N       upgrades during the scale row (default 3)
-  --only LIST              comma-separated subset of: control,endless,naive,steady,scale
+  --only LIST              comma-separated subset of: control,endless,master,naive,steady,scale
                            (default: all; the ratios need control and steady)
   --modes LIST             comma-separated subset of: keepalive,close (default: both)
   --quick                  smoke configuration: 5 s, 3 restarts, scale 300 connections
@@ -54,6 +54,8 @@ pub struct Selection {
     pub control: bool,
     /// `hello` with SIGHUP upgrades.
     pub endless: bool,
+    /// `hello --master` with SIGHUP upgrades to the stable-pid master.
+    pub master: bool,
     /// `plain_hello` restarted with SIGTERM + start.
     pub naive: bool,
     /// `plain_hello`, no restart (steady-state comparison).
@@ -109,6 +111,7 @@ impl Default for Config {
             only: Selection {
                 control: true,
                 endless: true,
+                master: true,
                 naive: true,
                 steady: true,
                 scale: true,
@@ -191,6 +194,7 @@ fn parse_only(v: &str) -> Result<Selection, String> {
     let mut sel = Selection {
         control: false,
         endless: false,
+        master: false,
         naive: false,
         steady: false,
         scale: false,
@@ -199,6 +203,7 @@ fn parse_only(v: &str) -> Result<Selection, String> {
         match name {
             "control" => sel.control = true,
             "endless" => sel.endless = true,
+            "master" => sel.master = true,
             "naive" => sel.naive = true,
             "steady" => sel.steady = true,
             "scale" => sel.scale = true,

@@ -54,7 +54,12 @@ fn med_max(v: &[Duration]) -> String {
 
 /// Row label, with the run number when rows repeat.
 fn label(row: &Row, runs: u32) -> String {
-    if runs > 1 && matches!(row.spec.kind, Kind::Endless | Kind::Naive | Kind::Scale) {
+    if runs > 1
+        && matches!(
+            row.spec.kind,
+            Kind::Endless | Kind::Master | Kind::Naive | Kind::Scale
+        )
+    {
         format!("{} #{}", row.spec.kind.name(), row.spec.run)
     } else {
         row.spec.kind.name().into()
@@ -219,6 +224,39 @@ pub fn targets(rows: &[Row], cfg: &Config) -> Vec<Target> {
     let mut out = Vec::new();
     let mut push = |verdict, text: String| out.push(Target { verdict, text });
     let endless: Vec<_> = data(rows, Kind::Endless).collect();
+    let master: Vec<_> = data(rows, Kind::Master).collect();
+
+    // 1b. Zero failed requests over the upgrades in stable-pid (master) mode.
+    if !master.is_empty() {
+        let mut ok = true;
+        let parts: Vec<String> = master
+            .iter()
+            .map(|(r, d)| match d {
+                Ok(d) => {
+                    ok &= d.wrk.failed() == 0 && d.restarts.completed == d.restarts.requested;
+                    format!(
+                        "{} {} failed, {}/{} upgrades",
+                        tag(r),
+                        d.wrk.failed(),
+                        d.restarts.completed,
+                        d.restarts.requested
+                    )
+                }
+                Err(_) => {
+                    ok = false;
+                    format!("{} row failed to run", tag(r))
+                }
+            })
+            .collect();
+        push(
+            verdict(ok),
+            format!(
+                "master mode: 0 failed requests over {} upgrades per row: {}",
+                cfg.restarts,
+                parts.join("; ")
+            ),
+        );
+    }
 
     // 1. Zero failed requests over the upgrades, both modes.
     if endless.is_empty() {

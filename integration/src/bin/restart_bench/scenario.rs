@@ -45,6 +45,8 @@ pub enum Kind {
     Control,
     /// `hello` with SIGHUP upgrades.
     Endless,
+    /// `hello --master` with SIGHUP upgrades sent to the master.
+    Master,
     /// `plain_hello` restarted by SIGTERM + start.
     Naive,
     /// `plain_hello`, no restart.
@@ -59,6 +61,7 @@ impl Kind {
         match self {
             Kind::Control => "control",
             Kind::Endless => "endless",
+            Kind::Master => "master",
             Kind::Naive => "naive",
             Kind::Plain => "plain",
             Kind::Scale => "scale",
@@ -299,6 +302,9 @@ impl Runner {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
+        if kind == Kind::Master {
+            cmd.arg("--master");
+        }
         let pid_file = hello.then(|| dir.join("pid"));
         if let Some(p) = &pid_file {
             let _ = fs::remove_file(p);
@@ -368,6 +374,8 @@ impl Runner {
         let mut peak_rss = 0u64;
         let mut orphan_cpu: HashMap<(i32, u64), f64> = HashMap::new();
         let mut last_sample: Option<Instant> = None;
+        // Master rows: how many workers the master had promoted when the SIGHUP was sent.
+        let mut readies_before = 0usize;
 
         let (wrk_pid, t0) = self.start_wrk(guard, dir, &wspec)?;
         let hard_deadline = t0 + self.cfg.duration + WRK_GRACE + EXIT_TIMEOUT;
@@ -385,7 +393,23 @@ impl Runner {
                 peak_rss = peak_rss.max(rss);
             }
 
-            if let (Some((sent, old)), Some(pid_file)) = (pending, &server.pid_file) {
+            if let (Some((sent, old)), true) = (pending, spec.kind == Kind::Master) {
+                // The master keeps its pid (and the pid file); it logs each worker it promotes.
+                if ready_count(dir) > readies_before {
+                    let ready = Instant::now();
+                    restarts.to_ready.push(ready - sent);
+                    restarts.completed += 1;
+                    draining.push((ready, old));
+                    pending = None;
+                } else if now - sent > READY_TIMEOUT {
+                    restarts.problems.push(format!(
+                        "master upgrade sent at {:.3} s: no new worker ready within {:?}",
+                        (sent - t0).as_secs_f64(),
+                        READY_TIMEOUT
+                    ));
+                    pending = None;
+                }
+            } else if let (Some((sent, old)), Some(pid_file)) = (pending, &server.pid_file) {
                 match read_pid(pid_file) {
                     Some(pid) if pid != old.pid => {
                         let ready = Instant::now();
@@ -436,7 +460,13 @@ impl Runner {
             if pending.is_none() && !wrk_done && next < schedule.len() && now - t0 >= schedule[next]
             {
                 next += 1;
-                match self.sighup_current(&server, &tracked) {
+                let sent = if spec.kind == Kind::Master {
+                    readies_before = ready_count(dir);
+                    sighup_master(first, &tracked)
+                } else {
+                    self.sighup_current(&server, &tracked)
+                };
+                match sent {
                     Ok(old) => pending = Some((Instant::now(), old)),
                     Err(e) => restarts.problems.push(e),
                 }
@@ -598,6 +628,36 @@ impl Runner {
         }
         Err(format!(
             "plain_hello could not be restarted on port {port} ({ATTEMPTS} attempts): {last_err}"
+        ))
+    }
+}
+
+/// How many workers the master has reported ready so far (its log lines).
+fn ready_count(dir: &Path) -> usize {
+    fs::read_to_string(dir.join("server.log"))
+        .map(|log| {
+            log.lines()
+                .filter(|l| l.contains("master pid") && l.contains(") is ready after"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Sends SIGHUP to the master and returns the worker it serves with now (its newest live
+/// child), which the upgrade replaces.
+fn sighup_master(master: Proc, tracked: &[Proc]) -> Result<Proc, String> {
+    let worker = procs::children(master.pid)
+        .into_iter()
+        .filter_map(Proc::of)
+        .filter(|p| tracked.contains(p) || !p.is_gone())
+        .max_by_key(|p| p.start_time)
+        .ok_or("the master has no worker")?;
+    if master.signal(Signal::SIGHUP) {
+        Ok(worker)
+    } else {
+        Err(format!(
+            "could not send SIGHUP to the master {}",
+            master.pid
         ))
     }
 }
