@@ -1,0 +1,215 @@
+//! Unix domain sockets (`--bind unix:PATH`, for a reverse proxy on the same host): served
+//! across upgrades without a single failed request, never unlinked by an old generation; a
+//! stale socket file is replaced at start, a live one is an error.
+//!
+//! Not covered: `Endless::unix_socket_mode` (permission bits), which the example's command
+//! line does not expose.
+
+mod deploy_support;
+
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::time::Duration;
+
+use deploy_support::{unix_pid, unix_request, Proc, UnixLoadClient};
+use integration::{
+    examples, pid_alive, send_signal, wait_for, wait_until, LoadStats, Mode, Server, TempDir,
+    TIMEOUT,
+};
+use nix::sys::signal::Signal;
+
+const UPGRADES: usize = 3;
+
+/// Whether `path` exists and is a socket file.
+fn is_socket_file(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// `GET /pid` over the Unix socket until `pid` answers (the old generation may still accept
+/// for a moment after the new one wrote the pid file).
+fn wait_for_unix_pid(socket: &Path, pid: i32) {
+    let mut last = Err(String::new());
+    let answered = wait_until(TIMEOUT, || {
+        last = unix_pid(socket);
+        last == Ok(pid)
+    });
+    assert!(
+        answered,
+        "pid {pid} never answered on {}; last: {last:?}",
+        socket.display()
+    );
+}
+
+fn assert_no_failure(name: &str, stats: &LoadStats) {
+    assert_eq!(
+        stats.failures,
+        0,
+        "unix {name} client: {} of {} requests failed; first errors:\n{}",
+        stats.failures,
+        stats.failures + stats.successes,
+        stats.errors.join("\n")
+    );
+    assert!(
+        stats.pids.len() > UPGRADES,
+        "unix {name} client was answered by {} processes only: {:?}",
+        stats.pids.len(),
+        stats.pids
+    );
+}
+
+#[test]
+fn unix_socket_is_served_across_upgrades_with_no_failed_request() {
+    let dir = TempDir::new("deploy-unix");
+    let socket = dir.join("app.sock");
+    let bind = format!("unix:{}", socket.display());
+    // `Server` adds `--bind 127.0.0.1:0`: the Unix socket is mixed with a TCP one.
+    let mut server = Server::start_in(dir, &examples().hello, &["--bind", &bind, "--workers", "2"]);
+    assert!(
+        is_socket_file(&socket),
+        "{} is not a socket file",
+        socket.display()
+    );
+    let mut current = server.first_pid();
+    wait_for_unix_pid(&socket, current);
+
+    // Only Unix clients, so that each makes as many requests as it can around the upgrades
+    // (TCP under load is `no_failed_request.rs`'s business); the TCP bind is probed below.
+    let clients = [
+        (
+            "keep-alive",
+            UnixLoadClient::start(&socket, Mode::KeepAlive),
+        ),
+        ("close", UnixLoadClient::start(&socket, Mode::Close)),
+    ];
+    let served_by = |pid: i32| clients.iter().all(|(_, c)| c.stats().pids.contains(&pid));
+
+    for upgrade in 1..=UPGRADES {
+        assert!(
+            wait_until(TIMEOUT, || served_by(current)),
+            "before upgrade {upgrade}: not every client was answered by pid {current}"
+        );
+        send_signal(current, Signal::SIGHUP);
+        let next = wait_for(TIMEOUT, || server.read_pid_file().filter(|&p| p != current))
+            .unwrap_or_else(|| panic!("upgrade {upgrade}: the pid file still names {current}"));
+        assert!(
+            wait_until(TIMEOUT, || !pid_alive(current)),
+            "upgrade {upgrade}: old pid {current} did not exit"
+        );
+        if upgrade == 1 {
+            let status = server.wait_exit(TIMEOUT);
+            assert!(status.success(), "first process exited with {status}");
+        }
+        // The old generation is gone and did not take the socket file with it.
+        assert!(
+            is_socket_file(&socket),
+            "after upgrade {upgrade}: {} is gone",
+            socket.display()
+        );
+        assert_eq!(
+            unix_pid(&socket),
+            Ok(next),
+            "after upgrade {upgrade}: a new connection to the socket file"
+        );
+        assert_eq!(
+            server.get("/pid").ok(),
+            Some((200, next.to_string())),
+            "after upgrade {upgrade}: the TCP bind"
+        );
+        current = next;
+    }
+    assert!(
+        wait_until(TIMEOUT, || served_by(current)),
+        "not every client was answered by the last pid {current}"
+    );
+    for (name, client) in clients {
+        assert_no_failure(name, &client.stop());
+    }
+}
+
+#[test]
+fn stale_socket_file_is_replaced_at_start() {
+    let dir = TempDir::new("deploy-unix-stale");
+    let socket = dir.join("app.sock");
+    // A socket file whose server is gone: the file stays, connecting is refused.
+    drop(UnixListener::bind(&socket).expect("bind the soon-stale socket"));
+    assert!(is_socket_file(&socket));
+    let refused = UnixStream::connect(&socket).map_err(|e| e.kind());
+    assert_eq!(
+        refused.err(),
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "the stale socket file should refuse connections"
+    );
+
+    let bind = format!("unix:{}", socket.display());
+    let server = Server::start_in(dir, &examples().hello, &["--bind", &bind]);
+    assert!(
+        server.log_contains(&format!("replacing stale socket file {}", socket.display())),
+        "no log line about the stale socket file"
+    );
+    let response = unix_request(&socket, "/").expect("GET / over the replaced socket");
+    let pid = server.first_pid();
+    assert_eq!(
+        (response.status, response.body),
+        (
+            200,
+            format!("hello from pid {pid}, generation 1, release v1\n")
+        )
+    );
+}
+
+/// Starts `hello` with `--bind unix:PATH --bind 127.0.0.1:0` where something already is at
+/// `path`, and returns its guard once it has exited unsuccessfully.
+fn start_must_fail(dir: TempDir, path: &Path) -> Proc {
+    let mut command = Proc::command(&examples().hello, &dir);
+    command
+        .arg("--bind")
+        .arg(format!("unix:{}", path.display()))
+        .args(["--bind", "127.0.0.1:0", "--pid-file"])
+        .arg(dir.join("pid"));
+    let mut server = Proc::spawn(command, dir);
+    let status = server.wait_exit(TIMEOUT);
+    assert!(!status.success(), "the server started anyway");
+    assert_eq!(server.read_pid_file(), None, "a pid file was written");
+    server
+}
+
+#[test]
+fn socket_path_of_a_live_server_is_an_error_at_start() {
+    let dir = TempDir::new("deploy-unix-live");
+    let socket = dir.join("app.sock");
+    let live = UnixListener::bind(&socket).expect("bind the live socket");
+    // Keep the guard (and so the directory) until the end.
+    let server = start_must_fail(dir, &socket);
+    let log = server.log();
+    assert!(
+        log.contains("AddrInUse")
+            && log.contains(&format!("unix:{}", socket.display()))
+            && log.contains("another process is serving on this socket"),
+        "the error should name the path and say it is in use:\n{log}"
+    );
+    // The live server keeps its socket file and still gets connections.
+    assert!(is_socket_file(&socket), "the live socket file was removed");
+    let _client = UnixStream::connect(&socket).expect("connect to the live socket");
+    live.set_nonblocking(true).expect("O_NONBLOCK");
+    let accepted = wait_for(Duration::from_secs(10), || live.accept().ok());
+    assert!(accepted.is_some(), "the live socket no longer accepts");
+}
+
+#[test]
+fn socket_path_holding_another_kind_of_file_is_an_error_at_start() {
+    let dir = TempDir::new("deploy-unix-file");
+    let path = dir.join("app.sock");
+    std::fs::write(&path, "not a socket").expect("write a regular file");
+    let server = start_must_fail(dir, &path);
+    let log = server.log();
+    assert!(
+        log.contains("the path exists and is not a socket"),
+        "the error should say the path is not a socket:\n{log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).ok().as_deref(),
+        Some("not a socket"),
+        "the file was removed or replaced"
+    );
+}
