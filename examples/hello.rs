@@ -10,6 +10,6 @@ mod common;
 #[path = "common/hello_app.rs"]
 mod hello_app;
 
-fn main() -> std::io::Result<()> {
+fn main() {
     hello_app::main("v1")
 }

@@ -39,7 +39,7 @@ fn load_tls(cert: &str, key: &str) -> io::Result<rustls::ServerConfig> {
         .map_err(|e| invalid("certificate and key", &e))
 }
 
-fn main() -> io::Result<()> {
+fn main() {
     common::init_logging();
     let options = common::Options::parse(&["--tls-cert", "--tls-key"]);
     let (Some(cert), Some(key)) = (options.extra("--tls-cert"), options.extra("--tls-key")) else {
@@ -49,8 +49,7 @@ fn main() -> io::Result<()> {
     let config = match load_tls(cert, key) {
         Ok(config) => config,
         Err(e) => {
-            log::error!("cannot load the TLS certificate: {e}");
-            return Err(e);
+            return common::exit_on_error(Err(format!("cannot load the TLS certificate: {e}")))
         }
     };
     let mut endless =
@@ -58,6 +57,5 @@ fn main() -> io::Result<()> {
     for bind in &options.binds {
         endless = endless.bind_rustls(bind.as_str(), config.clone());
     }
-    common::configure(endless, &options).run()?;
-    Ok(())
+    common::exit_on_error(common::configure(endless, &options).run());
 }

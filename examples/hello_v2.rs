@@ -4,6 +4,6 @@ mod common;
 #[path = "common/hello_app.rs"]
 mod hello_app;
 
-fn main() -> std::io::Result<()> {
+fn main() {
     hello_app::main("v2")
 }

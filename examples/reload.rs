@@ -19,14 +19,17 @@ fn read_greeting(path: &PathBuf) -> std::io::Result<String> {
     Ok(std::fs::read_to_string(path)?.trim().to_owned())
 }
 
-fn main() -> std::io::Result<()> {
+fn main() {
     common::init_logging();
     let options = Options::parse(&["--config"]);
     let Some(config) = options.extra("--config").map(PathBuf::from) else {
         eprintln!("--config PATH is required");
         std::process::exit(2);
     };
-    let greeting = Arc::new(RwLock::new(read_greeting(&config)?));
+    let greeting = match read_greeting(&config) {
+        Ok(text) => Arc::new(RwLock::new(text)),
+        Err(e) => return common::exit_on_error(Err(format!("{}: {e}", config.display()))),
+    };
     let shared = web::Data::from(greeting.clone());
     let endless = actix_endless::Endless::new(move || {
         App::new()
@@ -46,8 +49,7 @@ fn main() -> std::io::Result<()> {
         }
     });
     let endless = common::bind_all(endless, &options);
-    common::configure(endless, &options).run()?;
-    Ok(())
+    common::exit_on_error(common::configure(endless, &options).run());
 }
 
 use common::Options;

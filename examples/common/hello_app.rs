@@ -7,13 +7,12 @@ use actix_web::{web, App, HttpResponse};
 use crate::common::{self, Options};
 
 /// Runs the demo, answering as `release`.
-pub fn main(release: &'static str) -> std::io::Result<()> {
+pub fn main(release: &'static str) {
     common::init_logging();
     let options = Options::parse(&[]);
     let endless = actix_endless::Endless::new(move || App::new().configure(routes(release)));
     let endless = common::bind_all(endless, &options);
-    common::configure(endless, &options).run()?;
-    Ok(())
+    common::exit_on_error(common::configure(endless, &options).run());
 }
 
 /// The demo's routes, answering as `release`.

@@ -92,6 +92,16 @@ impl Options {
     }
 }
 
+/// Exits with status 1 after logging why, in the error's own words (its `Display`), the way
+/// a service should fail; `main` returning the error would print its `Debug` form instead.
+pub fn exit_on_error<E: std::fmt::Display>(result: Result<(), E>) {
+    if let Err(e) = result {
+        log::error!("{e}");
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// Logs at info level unless `RUST_LOG` says otherwise.
 pub fn init_logging() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
