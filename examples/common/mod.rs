@@ -96,8 +96,11 @@ impl Options {
 /// a service should fail; `main` returning the error would print its `Debug` form instead.
 pub fn exit_on_error<E: std::fmt::Display>(result: Result<(), E>) {
     if let Err(e) = result {
-        log::error!("{e}");
-        eprintln!("error: {e}");
+        if log::log_enabled!(log::Level::Error) {
+            log::error!("{e}");
+        } else {
+            eprintln!("error: {e}");
+        }
         std::process::exit(1);
     }
 }
