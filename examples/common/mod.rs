@@ -13,6 +13,8 @@ pub struct Options {
     pub hammer_time: HammerTime,
     pub upgrade_timeout: Duration,
     pub workers: Option<usize>,
+    /// `--socket-mode OCTAL`: permission bits of the Unix sockets it creates.
+    pub socket_mode: Option<u32>,
     /// `--master`: run under a stable-pid master.
     pub master: bool,
     /// Flags the common parser does not know, as `(flag, value)`.
@@ -21,7 +23,7 @@ pub struct Options {
 
 const USAGE: &str =
     "options: --bind ADDR|unix:PATH (repeatable, default 127.0.0.1:8080) --pid-file PATH \
---addr-file PATH --hammer-time MS|never --upgrade-timeout MS --workers N --master";
+--addr-file PATH --hammer-time MS|never --upgrade-timeout MS --workers N --socket-mode OCTAL --master";
 
 impl Options {
     /// Parses `std::env::args`, exiting with a usage message on a bad flag.
@@ -46,6 +48,7 @@ impl Options {
             hammer_time: HammerTime::After(Duration::from_secs(60)),
             upgrade_timeout: Duration::from_secs(30),
             workers: None,
+            socket_mode: None,
             master: false,
             extra: Vec::new(),
         };
@@ -67,6 +70,12 @@ impl Options {
                 "--hammer-time" if value == "never" => options.hammer_time = HammerTime::Never,
                 "--hammer-time" => options.hammer_time = HammerTime::After(millis(&value)?),
                 "--upgrade-timeout" => options.upgrade_timeout = millis(&value)?,
+                "--socket-mode" => {
+                    options.socket_mode = Some(
+                        u32::from_str_radix(&value, 8)
+                            .map_err(|_| format!("not an octal mode: {value}"))?,
+                    )
+                }
                 "--workers" => {
                     options.workers =
                         Some(value.parse().map_err(|_| format!("not a count: {value}"))?)
@@ -176,6 +185,9 @@ where
     }
     if options.master {
         endless = endless.process_mode(actix_endless::ProcessMode::Master);
+    }
+    if let Some(mode) = options.socket_mode {
+        endless = endless.unix_socket_mode(mode);
     }
     endless
         .hammer_time(options.hammer_time)

@@ -158,6 +158,36 @@ fn stale_socket_file_is_replaced_at_start() {
     );
 }
 
+#[test]
+fn socket_permissions_are_configurable_and_survive_upgrades() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("deploy-unix-mode");
+    let socket = dir.join("app.sock");
+    let bind = format!("unix:{}", socket.display());
+    let mode_of = |path: &Path| {
+        std::fs::metadata(path)
+            .expect("the socket file exists")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    for (flag, expected) in [("600", 0o600), ("660", 0o660)] {
+        let _ = std::fs::remove_file(&socket);
+        let sub = TempDir::new("deploy-unix-mode-run");
+        let server = Server::start_in(
+            sub,
+            &examples().hello,
+            &["--bind", &bind, "--socket-mode", flag],
+        );
+        assert_eq!(mode_of(&socket), expected, "--socket-mode {flag}");
+        let old = server.first_pid();
+        integration::send_signal(old, nix::sys::signal::Signal::SIGHUP);
+        let new = server.wait_for_new_pid(old, integration::TIMEOUT);
+        wait_for_unix_pid(&socket, new);
+        assert_eq!(mode_of(&socket), expected, "after an upgrade");
+    }
+}
+
 /// Starts `hello` with `--bind unix:PATH --bind 127.0.0.1:0` where something already is at
 /// `path`, and returns its guard once it has exited unsuccessfully.
 fn start_must_fail(dir: TempDir, path: &Path) -> Proc {
