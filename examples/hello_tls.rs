@@ -49,7 +49,8 @@ fn main() {
     let config = match load_tls(cert, key) {
         Ok(config) => config,
         Err(e) => {
-            return common::exit_on_error(Err(format!("cannot load the TLS certificate: {e}")))
+            log::error!("cannot load the TLS certificate: {e}");
+            return common::exit_on_error(Err(e));
         }
     };
     let mut endless =

@@ -28,7 +28,10 @@ fn main() {
     };
     let greeting = match read_greeting(&config) {
         Ok(text) => Arc::new(RwLock::new(text)),
-        Err(e) => return common::exit_on_error(Err(format!("{}: {e}", config.display()))),
+        Err(e) => {
+            log::error!("cannot read {}: {e}", config.display());
+            return common::exit_on_error(Err(e));
+        }
     };
     let shared = web::Data::from(greeting.clone());
     let endless = actix_endless::Endless::new(move || {

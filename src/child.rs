@@ -8,7 +8,6 @@
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -119,9 +118,14 @@ pub(crate) fn spawn(
     env.push((LISTEN_FDNAMES.into(), names.join(":").into()));
     env.push((READY_FD.into(), (3 + count).to_string().into()));
     env.push((GENERATION.into(), generation.to_string().into()));
-    let plan = sys::ExecPlan::new(&fds, env).map_err(spawn_error)?;
+    let argv: Vec<OsString> = std::iter::once(exe.arg0.clone())
+        .chain(exe.args.iter().cloned())
+        .collect();
+    let plan = sys::ExecPlan::new(&exe.path, &argv, &fds, env).map_err(spawn_error)?;
+    // `Command` forks, sets the working directory and standard streams, and runs the plan's
+    // `pre_exec` step, which executes the program (see `sys::ExecPlan`).
     let mut cmd = Command::new(&exe.path);
-    cmd.arg0(&exe.arg0).args(&exe.args).current_dir(&exe.cwd);
+    cmd.current_dir(&exe.cwd);
     plan.install(&mut cmd);
     let child = cmd.spawn().map_err(spawn_error)?;
     // Our copies of the write end must be gone, so that the child's death reads as end of file.

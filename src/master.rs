@@ -37,6 +37,8 @@ const TICK: Duration = Duration::from_millis(20);
 /// The first restart delay after a worker died; it doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long a worker that closed its readiness pipe has to exit before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
 /// A worker that served this long before dying resets the back-off.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 
@@ -317,9 +319,11 @@ impl Master {
         self.next = None;
         let error = match readiness {
             Readiness::Ready => return self.promote(worker, signal),
+            // It is usually exiting: give it a moment, so its own status is what we report.
             Readiness::Closed => Error::ChildExited {
                 pid,
-                status: "closed the readiness pipe".to_owned(),
+                status: reap_within(pid, EXIT_GRACE)
+                    .map_or_else(|| "closed the readiness pipe".to_owned(), describe),
             },
             Readiness::TimedOut => Error::ReadyTimeout {
                 pid,
@@ -496,6 +500,20 @@ impl Master {
             }
         } else {
             log::debug!("master pid {me}: reaped orphan pid {pid}: {how}");
+        }
+    }
+}
+
+/// Waits up to `grace` for the child `pid` to end and reaps it.
+fn reap_within(pid: u32, grace: Duration) -> Option<WaitStatus> {
+    let deadline = Instant::now() + grace;
+    loop {
+        match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+            Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
+                return Some(status)
+            }
+            Ok(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => return None,
         }
     }
 }

@@ -26,6 +26,18 @@ pub(crate) fn write(path: &Path, pid: u32) -> Result<()> {
     result.map_err(err)
 }
 
+/// Checks that `pid`'s pid file can be written at `path`, without touching `path` itself: the
+/// temporary file the real write uses is created and removed.
+pub(crate) fn check_writable(path: &Path, pid: u32) -> Result<()> {
+    let tmp = temp_path(path, pid);
+    fs::File::create(&tmp)
+        .and_then(|_| fs::remove_file(&tmp))
+        .map_err(|source| Error::PidFile {
+            path: path.to_owned(),
+            source,
+        })
+}
+
 /// Removes `path` if it still names `pid`; a file naming another process is left alone.
 pub(crate) fn remove_if_ours(path: &Path, pid: u32) -> Result<bool> {
     match read(path) {

@@ -27,7 +27,7 @@ use crate::child::{self, Executable, Readiness};
 use crate::drain::{self, DrainApp, TRACKER};
 use crate::error::{Error, Result};
 use crate::hooks::{run_guarded, HookStage, Hooks, ServingEvent, UpgradeEvent};
-use crate::listeners::{self, InheritEnv, Listener, Socket};
+use crate::listeners::{self, InheritEnv, Inherited, Listener, Socket};
 use crate::master::Master;
 use crate::notify::{self, Notifier};
 use crate::pidfile;
@@ -41,6 +41,8 @@ const PAUSE_CONFIRM: Duration = Duration::from_secs(2);
 /// Where `/proc` cannot tell whether actix's acceptor has acted on the pause, or which
 /// connections are still queued for a worker, a drain waits this long after the pause instead.
 const ACCEPT_SETTLE: Duration = Duration::from_millis(50);
+/// How long a new process that closed its readiness pipe has to exit before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
 /// How long the acceptor may take to act on a pause before the drain goes on regardless.
 const PAUSE_WAIT: Duration = Duration::from_secs(1);
 
@@ -137,6 +139,7 @@ impl fmt::Display for Who {
     }
 }
 
+/// Runs the runtime; every error it returns is logged first, with the pid and generation.
 pub(crate) fn run<F, I, S, B>(endless: Endless<F, I, S, B>) -> Result<()>
 where
     F: Fn() -> I + Send + Clone + 'static,
@@ -146,12 +149,34 @@ where
 {
     let _running = RunningGuard::acquire()?;
     let pid = std::process::id();
-    let inherited = listeners::adopt(listeners::parse(&InheritEnv::from_process(), pid)?)?;
+    let inherited =
+        match listeners::parse(&InheritEnv::from_process(), pid).and_then(listeners::adopt) {
+            Ok(inherited) => inherited,
+            Err(e) => {
+                error!("pid {pid}: cannot start: {e}");
+                return Err(e);
+            }
+        };
     GENERATION.store(inherited.generation, Ordering::Relaxed);
     let who = Who {
         pid,
         generation: inherited.generation,
     };
+    let result = serve(endless, inherited, who);
+    if let Err(e) = &result {
+        error!("{who}: {e}");
+    }
+    result
+}
+
+fn serve<F, I, S, B>(endless: Endless<F, I, S, B>, inherited: Inherited, who: Who) -> Result<()>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: IntoServiceFactory<S, actix_http::Request>,
+    S: AppFactory<B>,
+    B: MessageBody + 'static,
+{
+    let pid = who.pid;
     let Endless {
         factory,
         binds,
@@ -186,6 +211,17 @@ where
             ),
         });
     }
+    let mut settings = settings;
+    if let Some(master) = inherited.master {
+        info!("{who}: worker of master pid {master}");
+        // The master owns the pid file and talks to systemd.
+        settings.pid_file = None;
+    }
+    // Fail before serving rather than after: a generation that cannot write its pid file
+    // would have to close connections it had already accepted.
+    if let Some(path) = &settings.pid_file {
+        pidfile::check_writable(path, pid)?;
+    }
     let signal_handle = signals::listen(tx.clone(), Event::Signal)
         .map_err(Error::io("installing signal handlers"))?;
 
@@ -199,13 +235,6 @@ where
         signal_handle.close();
         return result;
     }
-    let mut settings = settings;
-    if let Some(master) = inherited.master {
-        info!("{who}: worker of master pid {master}");
-        // The master owns the pid file and talks to systemd.
-        settings.pid_file = None;
-    }
-
     drain::register_factory(factory);
     TRACKER.set_draining(false);
     let control = Control {
@@ -448,7 +477,7 @@ impl Control {
             }
         }
         if let State::Upgrading { child, .. } = &mut self.state {
-            abandon(self.who, child, "the server stopped");
+            abandon(self.who, child, "the server stopped", Duration::ZERO);
         }
         Outcome {
             final_signals: self.final_signals,
@@ -507,9 +536,13 @@ impl Control {
         let who = self.who;
         if let Some(path) = &self.settings.pid_file {
             if let Err(e) = pidfile::write(path, who.pid) {
-                error!("{who}: {e}; stopping");
+                // Not ready, so the previous generation (if any) still serves: finish what
+                // was accepted already and go.
+                error!("{who}: {e}; stopping gracefully without reporting ready");
+                // The readiness pipe stays open (unwritten) until this process exits, so the
+                // parent does not kill it while it drains.
                 self.failure = Some(e);
-                self.force_stop("the pid file cannot be written");
+                self.start_drain(None);
                 return;
             }
         }
@@ -599,7 +632,12 @@ impl Control {
                 let watcher = child::watch(spawned.ready, pid, timeout, self.tx.clone());
                 let mut child = spawned.child;
                 if let Err(e) = watcher {
-                    abandon(who, &mut child, "no thread to watch its readiness");
+                    abandon(
+                        who,
+                        &mut child,
+                        "no thread to watch its readiness",
+                        Duration::ZERO,
+                    );
                     self.upgrade_failed(Error::io("starting the readiness watcher")(e), signal);
                     return;
                 }
@@ -667,18 +705,23 @@ impl Control {
                 return;
             }
             Readiness::Closed => {
-                let status = abandon(who, &mut child, "it closed the readiness pipe");
+                let status = abandon(who, &mut child, "it closed the readiness pipe", EXIT_GRACE);
                 Error::ChildExited { pid, status }
             }
             Readiness::TimedOut => {
-                abandon(who, &mut child, "it did not report ready in time");
+                abandon(
+                    who,
+                    &mut child,
+                    "it did not report ready in time",
+                    Duration::ZERO,
+                );
                 Error::ReadyTimeout {
                     pid,
                     timeout: self.settings.upgrade_timeout,
                 }
             }
             Readiness::Failed(source) => {
-                abandon(who, &mut child, "its readiness pipe failed");
+                abandon(who, &mut child, "its readiness pipe failed", Duration::ZERO);
                 Error::Io {
                     context: "reading the readiness pipe",
                     source,
@@ -696,9 +739,9 @@ impl Control {
                 info!("{who}: graceful stop");
                 self.start_drain(None);
             }
-            State::Upgrading { child, .. } => {
+            State::Upgrading { .. } => {
                 info!("{who}: graceful stop; abandoning the upgrade in progress");
-                abandon(who, child, "a stop was requested during the upgrade");
+                self.abandon_upgrade("a stop was requested during the upgrade");
                 self.start_drain(None);
             }
             State::Draining {
@@ -821,11 +864,21 @@ impl Control {
         ]);
     }
 
+    /// Kills the new process of the upgrade in progress (if any) and ends that upgrade,
+    /// running the post hooks of the signal that asked for it.
+    fn abandon_upgrade(&mut self, why: &str) {
+        if let State::Upgrading {
+            mut child, signal, ..
+        } = std::mem::replace(&mut self.state, State::Serving)
+        {
+            abandon(self.who, &mut child, why, Duration::ZERO);
+            self.post(signal);
+        }
+    }
+
     fn force_stop(&mut self, why: &str) {
         let who = self.who;
-        if let State::Upgrading { child, .. } = &mut self.state {
-            abandon(who, child, "the process is being stopped");
-        }
+        self.abandon_upgrade("the process is being stopped");
         if matches!(self.state, State::Stopping) {
             return;
         }
@@ -883,11 +936,22 @@ fn block_on_for<Fut: Future>(fut: Fut, timeout: Duration) -> bool {
 
 /// Kills a child that will not become the next generation, and reaps it.
 /// Returns how it ended.
-fn abandon(who: Who, child: &mut Child, why: &str) -> String {
+///
+/// A child that closed its readiness pipe is usually exiting: it gets `grace` to do so, so
+/// that the log reports its own exit status rather than our `SIGKILL`.
+fn abandon(who: Who, child: &mut Child, why: &str, grace: Duration) -> String {
     let pid = child.id();
-    let status = match child.try_wait() {
-        Ok(Some(status)) => status,
-        _ => {
+    let deadline = Instant::now() + grace;
+    let exited = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => break None,
+        }
+    };
+    let status = match exited {
+        Some(status) => status,
+        None => {
             let _ = child.kill();
             match child.wait() {
                 Ok(status) => status,
@@ -895,6 +959,6 @@ fn abandon(who: Who, child: &mut Child, why: &str) -> String {
             }
         }
     };
-    warn!("{who}: new process {pid} abandoned ({why}); it {status}");
+    warn!("{who}: new process {pid} abandoned ({why}): {status}");
     status.to_string()
 }

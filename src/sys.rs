@@ -2,8 +2,8 @@
 //!
 //! The rest of the crate sees safe functions over `OwnedFd`/`BorrowedFd`. The one piece of code
 //! that runs between `fork` and `exec` ([`ExecPlan::install`]) only calls async-signal-safe
-//! functions (`dup2`, `getpid`, `syscall(close_range)`) and writes into memory that was allocated
-//! before the fork.
+//! functions (`dup2`, `getpid`, `syscall(close_range)`, `execve`) and writes into memory that
+//! was allocated before the fork.
 
 use std::ffi::{CString, OsString};
 use std::io;
@@ -346,32 +346,54 @@ pub(crate) fn write_byte(fd: BorrowedFd<'_>, byte: u8) -> io::Result<()> {
 
 /// What a spawned generation receives across `exec`: descriptors placed at 3, 4, ... and a
 /// complete environment in which `LISTEN_PID` is filled in with the child's own pid.
+///
+/// The `pre_exec` step ends with `execve` itself rather than returning to `Command`, which
+/// would use `execvp`: on `ENOEXEC` (a file that is not a program) `execvp` runs the file with
+/// `/bin/sh`, where `execve` fails and the spawn reports "exec format error".
 pub(crate) struct ExecPlan {
     /// Close-on-exec duplicates, numbered above the target range so `dup2` never clobbers one.
     sources: Vec<OwnedFd>,
-    /// The environment strings (`KEY=VALUE`), each a stable heap allocation.
+    /// The program, `argv` and the environment strings (`KEY=VALUE`): stable heap allocations.
+    program: CString,
+    args: Vec<CString>,
     env: Vec<CString>,
     /// `LISTEN_PID=` followed by room for the digits of a pid and a NUL.
     pid_slot: Box<[u8; 32]>,
-    /// Pointers into `env` and `pid_slot`, NULL-terminated: the child's `environ`.
+    /// NULL-terminated pointers into `args`, and into `env` and `pid_slot`.
+    argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
 }
 
-// SAFETY: the raw pointers in `envp` point into heap allocations owned by the same struct
-// (`env`, `pid_slot`), which do not move when the struct moves. They are only dereferenced by
-// `execvp` in the forked child, where this process memory is a private copy.
+// SAFETY: the raw pointers in `argv` and `envp` point into heap allocations owned by the same
+// struct (`args`, `env`, `pid_slot`), which do not move when the struct moves. They are only
+// dereferenced by `execve` in the forked child, where this process memory is a private copy.
 unsafe impl Send for ExecPlan {}
 // SAFETY: as above; the parent never reads or writes through the pointers.
 unsafe impl Sync for ExecPlan {}
 
+fn c_string(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in an argument"))
+}
+
 impl ExecPlan {
-    /// Plans to pass `fds` as descriptors 3.. and `env` (which must not contain `LISTEN_PID`)
-    /// plus `LISTEN_PID=<child pid>` as the child's whole environment.
-    pub(crate) fn new(fds: &[BorrowedFd<'_>], env: Vec<(OsString, OsString)>) -> io::Result<Self> {
+    /// Plans to run `program` with `args` (`argv[0]` first), `fds` as descriptors 3.., and
+    /// `env` (without `LISTEN_PID`) plus `LISTEN_PID=<child pid>` as its whole environment.
+    pub(crate) fn new(
+        program: &Path,
+        args: &[OsString],
+        fds: &[BorrowedFd<'_>],
+        env: Vec<(OsString, OsString)>,
+    ) -> io::Result<Self> {
         let first_free = 3 + fds.len() as RawFd;
         let sources = fds
             .iter()
             .map(|fd| dup_cloexec_above(fd.as_fd(), first_free))
+            .collect::<io::Result<Vec<_>>>()?;
+        let program = c_string(program.as_os_str().as_bytes())?;
+        let args = args
+            .iter()
+            .map(|a| c_string(a.as_bytes()))
             .collect::<io::Result<Vec<_>>>()?;
         let env = env
             .into_iter()
@@ -380,27 +402,30 @@ impl ExecPlan {
                 let mut kv = k.as_bytes().to_vec();
                 kv.push(b'=');
                 kv.extend_from_slice(v.as_bytes());
-                CString::new(kv).map_err(|_| {
-                    io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in the environment")
-                })
+                c_string(&kv)
             })
             .collect::<io::Result<Vec<_>>>()?;
         let mut pid_slot = Box::new([0u8; 32]);
         pid_slot[..LISTEN_PID.len()].copy_from_slice(LISTEN_PID.as_bytes());
         pid_slot[LISTEN_PID.len()] = b'=';
+        let mut argv: Vec<*const libc::c_char> = args.iter().map(|s| s.as_ptr()).collect();
+        argv.push(std::ptr::null());
         let mut envp: Vec<*const libc::c_char> = env.iter().map(|s| s.as_ptr()).collect();
         envp.push(pid_slot.as_ptr().cast());
         envp.push(std::ptr::null());
         Ok(ExecPlan {
             sources,
+            program,
+            args,
             env,
             pid_slot,
+            argv,
             envp,
         })
     }
 
-    /// Installs the plan as `cmd`'s `pre_exec` step. `cmd` must not have its environment
-    /// changed through `Command::env*`: the plan replaces the whole environment.
+    /// Installs the plan as `cmd`'s `pre_exec` step, which executes the program itself.
+    /// `cmd` supplies the working directory and standard streams.
     pub(crate) fn install(self, cmd: &mut Command) {
         let prefix = LISTEN_PID.len() + 1;
         let mut plan = self;
@@ -433,28 +458,29 @@ impl ExecPlan {
                     libc::CLOSE_RANGE_CLOEXEC,
                 );
             }
-            // SAFETY: `environ` is the process-global environment pointer read by `execvp`.
-            // We are the only thread of the forked child; `envp` is NULL-terminated and every
-            // pointer in it refers to a NUL-terminated string owned by `self`, which lives in
-            // this closure until exec replaces the process image.
+            // `args` and `env` own the strings `argv` and `envp` point to.
+            let _ = (&this.args, &this.env);
+            // SAFETY: execve is async-signal-safe. `program` is NUL-terminated; `argv` and
+            // `envp` are NULL-terminated arrays of NUL-terminated strings owned by the plan,
+            // which lives in this closure until exec replaces the process image. It returns
+            // only on failure, which `Command` reports to the parent as the spawn error.
             unsafe {
-                environ = this.envp.as_ptr();
+                libc::execve(
+                    this.program.as_ptr(),
+                    this.argv.as_ptr(),
+                    this.envp.as_ptr(),
+                );
             }
-            // `this.env` keeps the strings alive; mention it so the field is not dead code.
-            let _ = &this.env;
-            Ok(())
+            Err(io::Error::last_os_error())
         };
         // SAFETY: the closure above only performs async-signal-safe operations (dup2, getpid,
-        // close_range, plain memory writes into pre-allocated buffers) and does not allocate,
-        // lock or panic (`write_decimal` indexes within a 32-byte buffer sized for any u32).
+        // close_range, execve, plain memory writes into pre-allocated buffers) and does not
+        // allocate, lock or panic (`write_decimal` indexes within a 32-byte buffer sized for
+        // any u32).
         unsafe {
             cmd.pre_exec(pre_exec);
         }
     }
-}
-
-extern "C" {
-    static mut environ: *const *const libc::c_char;
 }
 
 /// Writes `n` in decimal followed by a NUL into `buf` without allocating.

@@ -101,13 +101,12 @@ impl Options {
     }
 }
 
-/// Exits with status 1 after logging why, in the error's own words (its `Display`), the way
-/// a service should fail; `main` returning the error would print its `Debug` form instead.
+/// Exits with status 1 when `run` failed. The runtime has logged why (with its pid and
+/// generation); the error is printed here only when logging is off. (`main` returning the
+/// error would print its `Debug` form instead.)
 pub fn exit_on_error<E: std::fmt::Display>(result: Result<(), E>) {
     if let Err(e) = result {
-        if log::log_enabled!(log::Level::Error) {
-            log::error!("{e}");
-        } else {
+        if !log::log_enabled!(log::Level::Error) {
             eprintln!("error: {e}");
         }
         std::process::exit(1);
