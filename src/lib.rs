@@ -56,8 +56,9 @@
 //!
 //! # Limitations
 //!
-//! - Linux only (it relies on `/proc`-free but Linux-specific calls such as `close_range`,
-//!   and is tested only there).
+//! - Linux only: it uses `close_range`, `SO_ACCEPTCONN`, `PR_SET_CHILD_SUBREAPER` and, to end
+//!   a drain exactly when nothing is left, `/proc/self/fd` and `/proc/self/fdinfo` (without
+//!   `/proc` a drain waits 50 ms after pausing instead). It is tested only there.
 //! - One runtime per process: signals are process-wide. [`Endless::run`] fails with
 //!   [`Error::AlreadyRunning`] if another runs.
 //! - The pid changes on every upgrade. Supervisors that track a pid (supervisord, runit, a
@@ -73,6 +74,11 @@
 //! - `HttpServer::on_connect`, `bind`/`listen` and its signal handling belong to the runtime;
 //!   use [`Endless::on_connect`] and [`Endless::bind`].
 //! - Hooks run on the control thread; a slow hook delays the handling of later signals.
+//! - In [`ProcessMode::Master`], a worker stopped directly (`SIGTERM` to the worker, not the
+//!   master) is restarted by the master like any worker that ended on its own; stop the
+//!   service through the master.
+//! - HTTP/2 connections are drained like HTTP/1 ones, but `Connection: close` means nothing to
+//!   them: they close when idle or at hammer time.
 
 #![warn(missing_docs)]
 

@@ -151,9 +151,9 @@ fn run(cfg: Config) -> Result<bool, String> {
     Ok(passed)
 }
 
-/// The rows in the order they run: per mode the control, the steady-state plain row
-/// (keep-alive only, right after its control so both see the same machine state), then the
-/// upgrade rows `runs` times; the scale rows last.
+/// The rows in the order they run: per mode the steady-state pair (keep-alive only: a control
+/// and the plain row right after it, so both see the same machine state), then `runs` times a
+/// control row followed by the upgrade rows it is compared with; the scale rows last.
 fn plan(cfg: &Config) -> Vec<RowSpec> {
     let only = cfg.only;
     let mut specs = Vec::new();
@@ -165,13 +165,18 @@ fn plan(cfg: &Config) -> Vec<RowSpec> {
         run,
     };
     for &mode in &cfg.modes {
-        if only.control {
-            specs.push(row(Kind::Control, mode, cfg.connections, 0, 1));
-        }
         if only.steady && mode == ConnMode::KeepAlive {
+            if only.control {
+                specs.push(row(Kind::Control, mode, cfg.connections, 0, 0));
+            }
             specs.push(row(Kind::Plain, mode, cfg.connections, 0, 1));
         }
         for run in 1..=cfg.runs {
+            // A control row right before each run's upgrade rows: the machine's speed drifts
+            // (shared cores), and ratios are only fair between neighbours.
+            if only.control {
+                specs.push(row(Kind::Control, mode, cfg.connections, 0, run));
+            }
             if only.endless {
                 specs.push(row(Kind::Endless, mode, cfg.connections, cfg.restarts, run));
             }

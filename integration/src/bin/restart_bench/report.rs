@@ -57,7 +57,7 @@ fn label(row: &Row, runs: u32) -> String {
     if runs > 1
         && matches!(
             row.spec.kind,
-            Kind::Endless | Kind::Master | Kind::Naive | Kind::Scale
+            Kind::Control | Kind::Endless | Kind::Master | Kind::Naive | Kind::Scale
         )
     {
         format!("{} #{}", row.spec.kind.name(), row.spec.run)
@@ -70,6 +70,18 @@ fn label(row: &Row, runs: u32) -> String {
 fn control(rows: &[Row], mode: ConnMode) -> Option<&Row> {
     rows.iter()
         .find(|r| r.spec.kind == Kind::Control && r.spec.mode == mode)
+}
+
+/// The control row an upgrade row is compared with: the one of the same mode and run (run
+/// right before it, so both see the same machine), else the first of that mode.
+fn control_for<'a>(rows: &'a [Row], row: &Row) -> Option<&'a Row> {
+    rows.iter()
+        .find(|r| {
+            r.spec.kind == Kind::Control
+                && r.spec.mode == row.spec.mode
+                && r.spec.run == row.spec.run
+        })
+        .or_else(|| control(rows, row.spec.mode))
 }
 
 /// Renders the rows as one markdown table with aligned columns.
@@ -109,7 +121,7 @@ pub fn table(rows: &[Row], cfg: &Config) -> String {
             }
             Ok(d) => {
                 let w = &d.wrk;
-                let ratio = match (row.spec.kind, control(rows, row.spec.mode)) {
+                let ratio = match (row.spec.kind, control_for(rows, row)) {
                     (Kind::Scale, _) => "-".into(),
                     (
                         _,
@@ -490,7 +502,7 @@ fn ratio_target(
     let mut ok = true;
     let mut parts = Vec::new();
     for (r, d) in endless {
-        let ctl = control(rows, r.spec.mode).map(|c| c.result.as_ref());
+        let ctl = control_for(rows, r).map(|c| c.result.as_ref());
         match (d, ctl) {
             (Ok(d), Some(Ok(c))) => {
                 let (pass, fig) = check(d, c);
