@@ -825,7 +825,8 @@ fn connect(port: u16, read_timeout: Duration) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
-fn write_request(stream: &mut TcpStream, path: &str, close: bool) -> io::Result<()> {
+/// Writes `GET path` (with `Connection: close` if `close`) on any stream, TCP or Unix.
+pub fn write_request(stream: &mut impl Write, path: &str, close: bool) -> io::Result<()> {
     let connection = if close { "Connection: close\r\n" } else { "" };
     let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{connection}\r\n");
     stream.write_all(request.as_bytes())
@@ -844,9 +845,9 @@ fn read_line(reader: &mut impl BufRead, what: &str) -> Result<String, String> {
     }
 }
 
-/// Reads exactly one HTTP/1.1 response with a `Content-Length` body. Anything else (end of
-/// stream, reset, timeout, chunked body, malformed head) is an error.
-fn read_response(reader: &mut impl BufRead) -> Result<HttpResponse, String> {
+/// Reads exactly one HTTP/1.1 response with a `Content-Length` body from any stream. Anything
+/// else (end of stream, reset, timeout, chunked body, malformed head) is an error.
+pub fn read_response(reader: &mut impl BufRead) -> Result<HttpResponse, String> {
     let status_line = read_line(reader, "status line")?;
     let mut parts = status_line.splitn(3, ' ');
     let version = parts.next().unwrap_or_default();

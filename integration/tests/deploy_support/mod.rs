@@ -25,7 +25,7 @@
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::linux::net::SocketAddrExt;
@@ -38,7 +38,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use integration::{wait_for, wait_until, HttpResponse, LoadStats, Mode, TempDir, HTTP_TIMEOUT};
+use integration::{
+    read_response, wait_for, wait_until, write_request, HttpResponse, LoadStats, Mode, TempDir,
+    HTTP_TIMEOUT,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -722,70 +725,6 @@ fn unix_connect(path: &Path) -> io::Result<UnixStream> {
     stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
     stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
     Ok(stream)
-}
-
-fn write_request(stream: &mut impl Write, target: &str, close: bool) -> io::Result<()> {
-    let connection = if close { "Connection: close\r\n" } else { "" };
-    let request = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\n{connection}\r\n");
-    stream.write_all(request.as_bytes())
-}
-
-fn read_line(reader: &mut impl BufRead, what: &str) -> Result<String, String> {
-    let mut line = String::new();
-    match reader.read_line(&mut line) {
-        Ok(0) => Err(format!("end of stream before the {what}")),
-        Ok(_) if !line.ends_with("\r\n") => Err(format!("truncated {what}: {line:?}")),
-        Ok(_) => {
-            line.truncate(line.len() - 2);
-            Ok(line)
-        }
-        Err(e) => Err(format!("reading the {what}: {e} ({:?})", e.kind())),
-    }
-}
-
-/// Reads exactly one HTTP/1.1 response with a `Content-Length` body. Anything else (end of
-/// stream, reset, timeout, chunked body, malformed head) is an error.
-fn read_response(reader: &mut impl BufRead) -> Result<HttpResponse, String> {
-    let status_line = read_line(reader, "status line")?;
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    let status = parts
-        .next()
-        .and_then(|code| code.parse::<u16>().ok())
-        .filter(|_| version.starts_with("HTTP/1."))
-        .ok_or_else(|| format!("malformed status line {status_line:?}"))?;
-    let mut close = version == "HTTP/1.0";
-    let mut content_length = None;
-    loop {
-        let line = read_line(reader, "headers")?;
-        if line.is_empty() {
-            break;
-        }
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| format!("malformed header {line:?}"))?;
-        let value = value.trim().to_ascii_lowercase();
-        match name.trim().to_ascii_lowercase().as_str() {
-            "content-length" => {
-                let length = value.parse::<usize>();
-                content_length =
-                    Some(length.map_err(|_| format!("malformed content-length {value:?}"))?);
-            }
-            "connection" => close = value.split(',').any(|token| token.trim() == "close"),
-            "transfer-encoding" => return Err(format!("unsupported transfer-encoding {value:?}")),
-            _ => {}
-        }
-    }
-    let length = content_length.ok_or("response without content-length")?;
-    let mut body = vec![0; length];
-    reader
-        .read_exact(&mut body)
-        .map_err(|e| format!("reading a {length}-byte body: {e} ({:?})", e.kind()))?;
-    Ok(HttpResponse {
-        status,
-        close,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
 }
 
 /// `GET target` over a new connection to the Unix socket at `path`, with `Connection: close`.
