@@ -24,7 +24,7 @@
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -1035,12 +1035,22 @@ pub struct LoadClient {
 impl LoadClient {
     /// Starts sending requests to `127.0.0.1:port` in a new thread.
     pub fn start(port: u16, mode: Mode) -> LoadClient {
+        LoadClient::start_with(mode, "", move || connect(port, HTTP_TIMEOUT))
+    }
+
+    /// Starts sending requests in a new thread over the connections `connect` opens (a Unix
+    /// socket, say); `label` prefixes its error messages.
+    pub fn start_with<S, C>(mode: Mode, label: &'static str, connect: C) -> LoadClient
+    where
+        S: Read + Write + Send + 'static,
+        C: FnMut() -> io::Result<S> + Send + 'static,
+    {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(LoadStats::default()));
         let thread = thread::spawn({
             let stop = Arc::clone(&stop);
             let stats = Arc::clone(&stats);
-            move || run_load(port, mode, &stop, &stats)
+            move || run_load(connect, mode, label, &stop, &stats)
         });
         LoadClient {
             stop,
@@ -1080,10 +1090,16 @@ impl Drop for LoadClient {
     }
 }
 
-fn run_load(port: u16, mode: Mode, stop: &AtomicBool, stats: &Mutex<LoadStats>) {
+fn run_load<S: Read + Write>(
+    mut connect: impl FnMut() -> io::Result<S>,
+    mode: Mode,
+    label: &str,
+    stop: &AtomicBool,
+    stats: &Mutex<LoadStats>,
+) {
     let started = Instant::now();
     let close = mode == Mode::Close;
-    let mut connection: Option<BufReader<TcpStream>> = None;
+    let mut connection: Option<BufReader<S>> = None;
     let mut requests: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
         requests += 1;
@@ -1092,8 +1108,7 @@ fn run_load(port: u16, mode: Mode, stop: &AtomicBool, stats: &Mutex<LoadStats>) 
             let reader = match &mut connection {
                 Some(reader) => reader,
                 None => {
-                    let stream = connect(port, HTTP_TIMEOUT)
-                        .map_err(|e| format!("connect: {e} ({:?})", e.kind()))?;
+                    let stream = connect().map_err(|e| format!("connect: {e} ({:?})", e.kind()))?;
                     connection.insert(BufReader::new(stream))
                 }
             };
@@ -1131,7 +1146,7 @@ fn run_load(port: u16, mode: Mode, stop: &AtomicBool, stats: &Mutex<LoadStats>) 
                 stats.failures += 1;
                 if stats.errors.len() < LoadStats::MAX_ERRORS {
                     stats.errors.push(format!(
-                        "{mode:?} request #{requests} at {:.3}s ({} connection): {error}",
+                        "{label}{mode:?} request #{requests} at {:.3}s ({} connection): {error}",
                         started.elapsed().as_secs_f64(),
                         if reused { "reused" } else { "new" },
                     ));

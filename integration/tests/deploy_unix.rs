@@ -12,7 +12,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::Duration;
 
-use deploy_support::{unix_pid, unix_request, Proc, UnixLoadClient};
+use deploy_support::{unix_load, unix_pid, unix_request, Proc};
 use integration::{
     examples, pid_alive, send_signal, wait_for, wait_until, LoadStats, Mode, Server, TempDir,
     TIMEOUT,
@@ -76,11 +76,8 @@ fn unix_socket_is_served_across_upgrades_with_no_failed_request() {
     // Only Unix clients, so that each makes as many requests as it can around the upgrades
     // (TCP under load is `no_failed_request.rs`'s business); the TCP bind is probed below.
     let clients = [
-        (
-            "keep-alive",
-            UnixLoadClient::start(&socket, Mode::KeepAlive),
-        ),
-        ("close", UnixLoadClient::start(&socket, Mode::Close)),
+        ("keep-alive", unix_load(&socket, Mode::KeepAlive)),
+        ("close", unix_load(&socket, Mode::Close)),
     ];
     let served_by = |pid: i32| clients.iter().all(|(_, c)| c.stats().pids.contains(&pid));
 

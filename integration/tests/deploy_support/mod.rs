@@ -33,13 +33,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use integration::{
-    read_response, wait_for, wait_until, write_request, HttpResponse, LoadStats, Mode, TempDir,
+    read_response, wait_for, wait_until, write_request, HttpResponse, LoadClient, Mode, TempDir,
     HTTP_TIMEOUT,
 };
 use nix::sys::signal::{kill, Signal};
@@ -748,117 +748,8 @@ pub fn unix_pid(path: &Path) -> Result<i32, String> {
     }
 }
 
-/// A strict load generator over a Unix domain socket: a thread sending `GET /` as fast as it
-/// can until stopped, with no retry of any kind. The rules are those of
-/// [`integration::LoadClient`]: in [`Mode::KeepAlive`] a new connection is opened only after a
-/// response announced `Connection: close`; a refused connection, a reset, an end of stream
-/// before a complete response, a timeout or anything but `200 hello from pid N` is a failure.
-pub struct UnixLoadClient {
-    stop: Arc<AtomicBool>,
-    stats: Arc<Mutex<LoadStats>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl UnixLoadClient {
-    /// Starts sending requests to the socket at `path` in a new thread.
-    pub fn start(path: &Path, mode: Mode) -> UnixLoadClient {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stats = Arc::new(Mutex::new(LoadStats::default()));
-        let thread = thread::spawn({
-            let (path, stop, stats) = (path.to_owned(), Arc::clone(&stop), Arc::clone(&stats));
-            move || run_unix_load(&path, mode, &stop, &stats)
-        });
-        UnixLoadClient {
-            stop,
-            stats,
-            thread: Some(thread),
-        }
-    }
-
-    /// A copy of the statistics so far.
-    pub fn stats(&self) -> LoadStats {
-        self.stats
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
-
-    /// Stops the client after its current request and returns the final statistics.
-    pub fn stop(mut self) -> LoadStats {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            thread.join().expect("load client thread panicked");
-        }
-        self.stats()
-    }
-}
-
-impl Drop for UnixLoadClient {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn run_unix_load(path: &Path, mode: Mode, stop: &AtomicBool, stats: &Mutex<LoadStats>) {
-    let started = Instant::now();
-    let close = mode == Mode::Close;
-    let mut connection: Option<BufReader<UnixStream>> = None;
-    let mut requests: u64 = 0;
-    while !stop.load(Ordering::Relaxed) {
-        requests += 1;
-        let reused = connection.is_some();
-        let outcome = (|| {
-            let reader = match &mut connection {
-                Some(reader) => reader,
-                None => {
-                    let stream =
-                        unix_connect(path).map_err(|e| format!("connect: {e} ({:?})", e.kind()))?;
-                    connection.insert(BufReader::new(stream))
-                }
-            };
-            write_request(reader.get_mut(), "/", close)
-                .map_err(|e| format!("writing the request: {e} ({:?})", e.kind()))?;
-            read_response(reader)
-        })();
-        let result = outcome.and_then(|response| {
-            if response.close || close {
-                connection = None;
-            }
-            let pid = response
-                .body
-                .strip_prefix("hello from pid ")
-                .and_then(|rest| rest.split(',').next())
-                .and_then(|pid| pid.parse::<i32>().ok());
-            match (response.status, pid) {
-                (200, Some(pid)) => Ok(pid),
-                _ => Err(format!(
-                    "unexpected response {}: {:?}",
-                    response.status, response.body
-                )),
-            }
-        });
-        let mut stats = stats
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match result {
-            Ok(pid) => {
-                stats.successes += 1;
-                stats.pids.insert(pid);
-            }
-            Err(error) => {
-                connection = None;
-                stats.failures += 1;
-                if stats.errors.len() < LoadStats::MAX_ERRORS {
-                    stats.errors.push(format!(
-                        "unix {mode:?} request #{requests} at {:.3}s ({} connection): {error}",
-                        started.elapsed().as_secs_f64(),
-                        if reused { "reused" } else { "new" },
-                    ));
-                }
-            }
-        }
-    }
+/// A strict load client (see [`integration::LoadClient`]) over the Unix socket at `path`.
+pub fn unix_load(path: &Path, mode: Mode) -> LoadClient {
+    let path = path.to_owned();
+    LoadClient::start_with(mode, "unix ", move || unix_connect(&path))
 }
