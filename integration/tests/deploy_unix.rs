@@ -128,13 +128,16 @@ fn unix_socket_is_served_across_upgrades_with_no_failed_request() {
 fn stale_socket_file_is_replaced_at_start() {
     let dir = TempDir::new("deploy-unix-stale");
     let socket = dir.join("app.sock");
-    // A socket file whose server is gone: the file stays, connecting is refused.
+    // A socket file whose server is gone: the file stays, connecting is refused. (Another
+    // test thread forking at the moment of the bind can hold a copy of the listener until
+    // its child execs, so wait for the refusal rather than expect it at once.)
     drop(UnixListener::bind(&socket).expect("bind the soon-stale socket"));
     assert!(is_socket_file(&socket));
-    let refused = UnixStream::connect(&socket).map_err(|e| e.kind());
-    assert_eq!(
-        refused.err(),
-        Some(std::io::ErrorKind::ConnectionRefused),
+    assert!(
+        integration::wait_until(TIMEOUT, || {
+            UnixStream::connect(&socket).map_err(|e| e.kind()).err()
+                == Some(std::io::ErrorKind::ConnectionRefused)
+        }),
         "the stale socket file should refuse connections"
     );
 
