@@ -220,3 +220,56 @@ fn master_as_pid_1_reaps_orphans_and_forwards_sigterm() {
     );
     assert!(port_closed(port));
 }
+
+#[test]
+fn master_forwards_user_signals_and_sigusr2_forces_the_close() {
+    let mut server = Server::start(&examples().hello, &["--master"]);
+    let master = server.first_pid();
+    let worker = server.get_pid().expect("a worker answers");
+    for (signal, name) in [(Signal::SIGUSR1, "SIGUSR1"), (Signal::SIGTSTP, "SIGTSTP")] {
+        send_signal(master, signal);
+        for pid in [master, worker] {
+            for stage in ["pre", "post"] {
+                let line = format!("hook: {stage} {name} pid={pid} ");
+                assert!(
+                    server.wait_for_log(&line, 1, TIMEOUT),
+                    "no `{line}` in the log: {name} was not handled by pid {pid}"
+                );
+            }
+        }
+        assert_ne!(
+            process_state(master),
+            Some('T'),
+            "{name} stopped the master"
+        );
+        assert_ne!(
+            process_state(worker),
+            Some('T'),
+            "{name} stopped the worker"
+        );
+        assert_eq!(server.get_pid(), Ok(worker), "the same worker serves on");
+    }
+
+    // A request the worker holds for 20 s; SIGUSR2 to the master closes it now.
+    let slow = integration::RawRequest::send(server.port(), "/sleep/20000");
+    assert!(
+        slow.wait_accepted_by(worker, TIMEOUT),
+        "the worker never took the request"
+    );
+    let sent = std::time::Instant::now();
+    send_signal(master, Signal::SIGUSR2);
+    server.wait_exit(TIMEOUT);
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(10),
+        "SIGUSR2 did not force the close: the master took {:?}",
+        sent.elapsed()
+    );
+    assert!(
+        wait_until(TIMEOUT, || !pid_alive(worker)),
+        "the worker survived"
+    );
+    assert!(
+        slow.response().is_err(),
+        "the held request was answered, not cut"
+    );
+}
