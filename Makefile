@@ -17,6 +17,7 @@ build:
 
 unit:
 	$(CARGO) test -p actix-endless --all-targets --all-features
+	$(CARGO) test -p actix-endless --doc --all-features
 
 integration:
 	@# The socket-activation test runs against systemd's real peer when it can be installed
