@@ -450,14 +450,21 @@ impl Tracker {
     }
 }
 
-/// Kills everything a [`Tracker`] knows about if it is not stopped within a deadline.
-struct Watchdog {
+/// Runs a kill action if it is not dropped within a time limit, so that a hung test cannot
+/// leave processes behind.
+pub struct Watchdog {
     done: Arc<(Mutex<bool>, Condvar)>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Watchdog {
-    fn start(tracker: Arc<Tracker>, limit: Duration) -> Watchdog {
+    /// Runs `kill` after `limit` unless the watchdog is dropped first; `what` names it in the
+    /// message printed then.
+    pub fn start(
+        limit: Duration,
+        what: impl std::fmt::Display + Send + 'static,
+        kill: impl FnOnce() + Send + 'static,
+    ) -> Watchdog {
         let done = Arc::new((Mutex::new(false), Condvar::new()));
         let thread = thread::spawn({
             let done = Arc::clone(&done);
@@ -468,8 +475,8 @@ impl Watchdog {
                     .wait_timeout_while(guard, limit, |done| !*done)
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
                 if !*guard {
-                    eprintln!("watchdog: test still running after {limit:?}; killing its servers");
-                    tracker.kill_all();
+                    eprintln!("watchdog: test still running after {limit:?}; killing {what}");
+                    kill();
                 }
             }
         });
@@ -573,7 +580,10 @@ impl Server {
         });
         let pid = i32::try_from(child.id()).expect("pid fits in i32");
         tracker.record(pid);
-        let watchdog = Watchdog::start(Arc::clone(&tracker), WATCHDOG_LIMIT);
+        let watchdog = Watchdog::start(WATCHDOG_LIMIT, "its servers", {
+            let tracker = Arc::clone(&tracker);
+            move || tracker.kill_all()
+        });
         // Build the guard before waiting, so that a panic below still kills the process.
         let mut server = Server {
             child,
@@ -1013,6 +1023,41 @@ pub struct LoadStats {
 impl LoadStats {
     /// How many failure descriptions are kept in [`LoadStats::errors`].
     pub const MAX_ERRORS: usize = 10;
+
+    /// Asserts that no request failed and that some were made; `name` names the client.
+    pub fn assert_no_failure(&self, name: impl std::fmt::Display) {
+        assert_eq!(
+            self.failures,
+            0,
+            "{name} client: {} of {} requests failed; first errors:\n{}",
+            self.failures,
+            self.failures + self.successes,
+            self.errors.join("\n")
+        );
+        assert!(self.successes > 0, "{name} client made no request");
+    }
+
+    /// Asserts that no request failed and that `pid` alone answered.
+    pub fn assert_all_served_by(&self, name: impl std::fmt::Display, pid: i32) {
+        self.assert_no_failure(&name);
+        assert_eq!(
+            self.pids,
+            [pid].into(),
+            "{name} client was answered by other processes than {pid}"
+        );
+    }
+
+    /// Asserts that no request failed and that more than `count` processes answered (one
+    /// per generation across `count` upgrades).
+    pub fn assert_across_upgrades(&self, name: impl std::fmt::Display, count: usize) {
+        self.assert_no_failure(&name);
+        assert!(
+            self.pids.len() > count,
+            "{name} client was answered by {} processes only: {:?}",
+            self.pids.len(),
+            self.pids
+        );
+    }
 }
 
 /// A strict load generator: a thread sending `GET /` as fast as it can until stopped, with

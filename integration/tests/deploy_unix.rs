@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use deploy_support::{unix_load, unix_pid, unix_request, Proc};
 use integration::{
-    examples, pid_alive, send_signal, wait_for, wait_until, LoadStats, Mode, Server, TempDir,
-    TIMEOUT,
+    examples, pid_alive, send_signal, wait_for, wait_until, Mode, Server, TempDir, TIMEOUT,
 };
 use nix::sys::signal::Signal;
 
@@ -38,23 +37,6 @@ fn wait_for_unix_pid(socket: &Path, pid: i32) {
         answered,
         "pid {pid} never answered on {}; last: {last:?}",
         socket.display()
-    );
-}
-
-fn assert_no_failure(name: &str, stats: &LoadStats) {
-    assert_eq!(
-        stats.failures,
-        0,
-        "unix {name} client: {} of {} requests failed; first errors:\n{}",
-        stats.failures,
-        stats.failures + stats.successes,
-        stats.errors.join("\n")
-    );
-    assert!(
-        stats.pids.len() > UPGRADES,
-        "unix {name} client was answered by {} processes only: {:?}",
-        stats.pids.len(),
-        stats.pids
     );
 }
 
@@ -120,7 +102,9 @@ fn unix_socket_is_served_across_upgrades_with_no_failed_request() {
         "not every client was answered by the last pid {current}"
     );
     for (name, client) in clients {
-        assert_no_failure(name, &client.stop());
+        client
+            .stop()
+            .assert_across_upgrades(format!("unix {name}"), UPGRADES);
     }
 }
 

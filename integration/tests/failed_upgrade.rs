@@ -5,30 +5,12 @@ use std::time::Duration;
 
 use integration::{
     children_of, examples, replace_with_copy, replace_with_script, send_signal, wait_until,
-    LoadClient, LoadStats, Mode, Server, TempDir, TIMEOUT,
+    LoadClient, Mode, Server, TempDir, TIMEOUT,
 };
 use nix::sys::signal::Signal;
 
 /// What the library logs when an upgrade fails.
 const UPGRADE_FAILED: &str = "upgrade failed";
-
-/// Asserts that every request succeeded and was answered by `pid`.
-fn assert_all_served_by(name: &str, stats: &LoadStats, pid: i32) {
-    assert_eq!(
-        stats.failures,
-        0,
-        "{name} client: {} of {} requests failed; first errors:\n{}",
-        stats.failures,
-        stats.failures + stats.successes,
-        stats.errors.join("\n")
-    );
-    assert!(stats.successes > 0, "{name} client made no request");
-    assert_eq!(
-        stats.pids,
-        [pid].into(),
-        "{name} client was answered by other processes"
-    );
-}
 
 /// SIGHUPs `old` and waits for the `count`-th upgrade failure; then checks that `old` has no
 /// child left, not even a zombie.
@@ -74,8 +56,8 @@ fn failed_upgrades_keep_the_old_process_serving() {
     };
     assert!(progressed(&keep_alive) && progressed(&close));
 
-    assert_all_served_by("keep-alive", &keep_alive.stop(), old);
-    assert_all_served_by("close", &close.stop(), old);
+    keep_alive.stop().assert_all_served_by("keep-alive", old);
+    close.stop().assert_all_served_by("close", old);
     assert_eq!(server.try_wait(), None, "the old process exited");
     assert_eq!(server.read_pid_file(), Some(old));
 

@@ -9,8 +9,8 @@ mod fault_support;
 use std::time::{Duration, Instant};
 
 use fault_support::{
-    assert_no_failure, listening_inode, no_stray_fds, pid_exists, processes_mentioning,
-    socket_holders, started_pids, try_signal, zombie_children,
+    listening_inode, no_stray_fds, pid_exists, processes_mentioning, socket_holders, started_pids,
+    try_signal, zombie_children,
 };
 use integration::{
     examples, port_closed, send_signal, wait_for, wait_until, LoadClient, Mode, Server, TIMEOUT,
@@ -70,7 +70,7 @@ fn sighup_storm_runs_exactly_one_upgrade_and_fails_no_request() {
     }
     for (name, client) in clients {
         let stats = client.stop();
-        assert_no_failure(name, &stats);
+        stats.assert_no_failure(name);
         assert_eq!(stats.pids, [old, new].into(), "{name} client");
     }
 

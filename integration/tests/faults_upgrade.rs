@@ -13,8 +13,8 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use fault_support::{
-    assert_all_served_by, assert_no_failure, link_binary, no_stray_fds, pid_exists,
-    processes_mentioning, started_pid, started_pids, UPGRADE_FAILED,
+    link_binary, no_stray_fds, pid_exists, processes_mentioning, started_pid, started_pids,
+    UPGRADE_FAILED,
 };
 use integration::{
     children_of, examples, pid_alive, replace_file, replace_with_script, send_signal, wait_for,
@@ -106,6 +106,23 @@ fn fail_upgrade_promptly(server: &Server, old: i32, count: usize) -> String {
 
 /// Puts the real binary back and checks that an upgrade now succeeds: the old process is
 /// still fully functional after the faults.
+/// The end of every failed-upgrade case: the load clients saw no failure and only the old
+/// process `old`, which still names itself in the pid file, and once the real binary is back
+/// an upgrade succeeds.
+fn old_served_throughout_then_upgrades(
+    server: &mut Server,
+    binary: &std::path::Path,
+    old: i32,
+    clients: [(&'static str, LoadClient); 2],
+) {
+    let_clients_progress(&clients, 10);
+    for (name, client) in clients {
+        client.stop().assert_all_served_by(name, old);
+    }
+    assert_eq!(server.read_pid_file(), Some(old));
+    upgrade_succeeds_after_restore(server, binary, old);
+}
+
 fn upgrade_succeeds_after_restore(server: &mut Server, binary: &std::path::Path, old: i32) {
     link_binary(binary, &examples().hello);
     send_signal(old, Signal::SIGHUP);
@@ -145,13 +162,8 @@ fn missing_or_unexecutable_new_binary_keeps_the_old_process_serving() {
         "unexpected failure for a binary without the executable bit: {line}"
     );
 
-    let_clients_progress(&clients, 10);
-    for (name, client) in clients {
-        assert_all_served_by(name, &client.stop(), old);
-    }
     assert_eq!(server.try_wait(), None, "the old process exited");
-    assert_eq!(server.read_pid_file(), Some(old));
-    upgrade_succeeds_after_restore(&mut server, &binary, old);
+    old_served_throughout_then_upgrades(&mut server, &binary, old, clients);
 }
 
 /// Case 1: the new binary is not a program: a text file without a `#!` line, or a truncated
@@ -188,12 +200,7 @@ fn non_program_new_binary_is_a_spawn_error_and_is_not_run() {
         );
     }
 
-    let_clients_progress(&clients, 10);
-    for (name, client) in clients {
-        assert_all_served_by(name, &client.stop(), old);
-    }
-    assert_eq!(server.read_pid_file(), Some(old));
-    upgrade_succeeds_after_restore(&mut server, &binary, old);
+    old_served_throughout_then_upgrades(&mut server, &binary, old, clients);
 }
 
 /// Case 2: the new binary exits at start, before it reports ready: with status 1, killed by a
@@ -227,12 +234,7 @@ fn new_binary_exiting_at_start_is_reaped_and_the_old_process_serves_on() {
         );
     }
 
-    let_clients_progress(&clients, 10);
-    for (name, client) in clients {
-        assert_all_served_by(name, &client.stop(), old);
-    }
-    assert_eq!(server.read_pid_file(), Some(old));
-    upgrade_succeeds_after_restore(&mut server, &binary, old);
+    old_served_throughout_then_upgrades(&mut server, &binary, old, clients);
 }
 
 /// Case 2, a harder variant: the new generation is the real server, which adopts the sockets,
@@ -271,7 +273,7 @@ fn new_generation_failing_after_it_started_its_server_loses_no_request() {
     assert_eq!(failed_generations.len(), ATTEMPTS);
     for (name, client) in clients {
         let stats = client.stop();
-        assert_no_failure(name, &stats);
+        stats.assert_no_failure(name);
         // Requests the failing generations answered before they gave up are fine.
         let strangers: Vec<_> = stats
             .pids
@@ -393,12 +395,7 @@ fn new_binary_never_ready_is_killed_after_the_upgrade_timeout() {
     );
     assert_eq!(children_of(old), Vec::new());
 
-    let_clients_progress(&clients, 10);
-    for (name, client) in clients {
-        assert_all_served_by(name, &client.stop(), old);
-    }
-    assert_eq!(server.read_pid_file(), Some(old));
-    upgrade_succeeds_after_restore(&mut server, &binary, old);
+    old_served_throughout_then_upgrades(&mut server, &binary, old, clients);
 }
 
 /// Starts a request that keeps `pid` draining for [`DRAIN_HOLD_MS`] after an upgrade, and
@@ -458,7 +455,7 @@ fn old_process_killed_while_draining_leaves_the_new_one_serving() {
     let_clients_progress(&clients, 20);
     for (name, client) in clients {
         let stats = client.stop();
-        assert_no_failure(name, &stats);
+        stats.assert_no_failure(name);
         assert!(stats.pids.contains(&new));
     }
     assert_eq!(server.read_pid_file(), Some(new));

@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use integration::{
-    examples, pid_alive, send_signal, wait_for, wait_until, LoadClient, LoadStats, Mode, Server,
-    TIMEOUT,
+    examples, pid_alive, send_signal, wait_for, wait_until, LoadClient, Mode, Server, TIMEOUT,
 };
 use nix::sys::signal::Signal;
 
@@ -61,26 +60,10 @@ fn upgrade_under_load(modes: &[Mode]) {
     }
 
     for (mode, client) in clients {
-        assert_no_failure(mode, &client.stop());
+        client
+            .stop()
+            .assert_across_upgrades(format!("{mode:?}"), UPGRADES);
     }
-}
-
-fn assert_no_failure(mode: Mode, stats: &LoadStats) {
-    assert_eq!(
-        stats.failures,
-        0,
-        "{mode:?} client: {} of {} requests failed; first errors:\n{}",
-        stats.failures,
-        stats.failures + stats.successes,
-        stats.errors.join("\n")
-    );
-    assert!(stats.successes > 0, "{mode:?} client made no request");
-    assert!(
-        stats.pids.len() > UPGRADES,
-        "{mode:?} client was answered by {} processes only: {:?}",
-        stats.pids.len(),
-        stats.pids
-    );
 }
 
 /// The main scenario: a keep-alive client and a connection-per-request client at once.

@@ -34,13 +34,13 @@ use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
+use std::sync::{Mutex, MutexGuard};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use integration::{
     read_response, wait_for, wait_until, write_request, HttpResponse, LoadClient, Mode, TempDir,
-    HTTP_TIMEOUT,
+    Watchdog, HTTP_TIMEOUT,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -176,47 +176,6 @@ fn kill_marked(marker: &str) {
     }
 }
 
-/// Runs [`kill_marked`] if it is not dropped within a time limit.
-struct Watchdog {
-    done: Arc<(Mutex<bool>, Condvar)>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Watchdog {
-    fn start(marker: String, limit: Duration) -> Watchdog {
-        let done = Arc::new((Mutex::new(false), Condvar::new()));
-        let thread = thread::spawn({
-            let done = Arc::clone(&done);
-            move || {
-                let (lock, condvar) = &*done;
-                let guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                let (guard, _) = condvar
-                    .wait_timeout_while(guard, limit, |done| !*done)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                if !*guard {
-                    eprintln!("watchdog: test still running after {limit:?}; killing {marker}");
-                    kill_marked(&marker);
-                }
-            }
-        });
-        Watchdog {
-            done,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        let (lock, condvar) = &*self.done;
-        *lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
-        condvar.notify_all();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// A server process started from an arbitrary [`Command`], and a guard for every process it
 /// becomes.
 ///
@@ -274,7 +233,9 @@ impl Proc {
         Proc {
             child,
             status: None,
-            watchdog: Some(Watchdog::start(marker, WATCHDOG_LIMIT)),
+            watchdog: Some(Watchdog::start(WATCHDOG_LIMIT, marker.clone(), move || {
+                kill_marked(&marker)
+            })),
             dir,
         }
     }

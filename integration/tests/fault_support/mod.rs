@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, Once};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use integration::{wait_for, LoadStats, TempDir, POLL_INTERVAL};
+use integration::{wait_for, TempDir, POLL_INTERVAL};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -476,29 +476,6 @@ pub fn link_binary(dest: &Path, src: &Path) {
 // ---------------------------------------------------------------------------------------------
 // Assertions
 // ---------------------------------------------------------------------------------------------
-
-/// Asserts that a strict load client saw no failure and made some requests.
-pub fn assert_no_failure(name: &str, stats: &LoadStats) {
-    assert_eq!(
-        stats.failures,
-        0,
-        "{name} client: {} of {} requests failed; first errors:\n{}",
-        stats.failures,
-        stats.failures + stats.successes,
-        stats.errors.join("\n")
-    );
-    assert!(stats.successes > 0, "{name} client made no request");
-}
-
-/// Asserts that a strict load client saw no failure and was answered by `pid` only.
-pub fn assert_all_served_by(name: &str, stats: &LoadStats, pid: i32) {
-    assert_no_failure(name, stats);
-    assert_eq!(
-        stats.pids,
-        [pid].into(),
-        "{name} client was answered by other processes than {pid}"
-    );
-}
 
 /// Asserts that `output` holds no panic message.
 pub fn assert_no_panic(output: &str) {
