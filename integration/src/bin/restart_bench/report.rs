@@ -238,47 +238,17 @@ pub fn targets(rows: &[Row], cfg: &Config) -> Vec<Target> {
     let endless: Vec<_> = data(rows, Kind::Endless).collect();
     let master: Vec<_> = data(rows, Kind::Master).collect();
 
-    // 1b. Zero failed requests over the upgrades in stable-pid (master) mode.
-    if !master.is_empty() {
+    // 1. Zero failed requests over the upgrades, both modes; re-exec and master mode.
+    for (kind_rows, what) in [(&endless, "endless"), (&master, "master")] {
+        if kind_rows.is_empty() {
+            push(
+                Verdict::Skip,
+                format!("0 failed requests during upgrades: no {what} rows"),
+            );
+            continue;
+        }
         let mut ok = true;
-        let parts: Vec<String> = master
-            .iter()
-            .map(|(r, d)| match d {
-                Ok(d) => {
-                    ok &= d.wrk.failed() == 0 && d.restarts.completed == d.restarts.requested;
-                    format!(
-                        "{} {} failed, {}/{} upgrades",
-                        tag(r),
-                        d.wrk.failed(),
-                        d.restarts.completed,
-                        d.restarts.requested
-                    )
-                }
-                Err(_) => {
-                    ok = false;
-                    format!("{} row failed to run", tag(r))
-                }
-            })
-            .collect();
-        push(
-            verdict(ok),
-            format!(
-                "master mode: 0 failed requests over {} upgrades per row: {}",
-                cfg.restarts,
-                parts.join("; ")
-            ),
-        );
-    }
-
-    // 1. Zero failed requests over the upgrades, both modes.
-    if endless.is_empty() {
-        push(
-            Verdict::Skip,
-            "0 failed requests during upgrades: no endless rows".into(),
-        );
-    } else {
-        let mut ok = true;
-        let parts: Vec<String> = endless
+        let parts: Vec<String> = kind_rows
             .iter()
             .map(|(r, d)| match d {
                 Ok(d) => {
@@ -304,7 +274,7 @@ pub fn targets(rows: &[Row], cfg: &Config) -> Vec<Target> {
         push(
             verdict(ok),
             format!(
-                "0 failed requests (non-2xx + socket errors) over {} upgrades per row: {}",
+                "0 failed requests (non-2xx + socket errors) over {} upgrades per {what} row: {}",
                 cfg.restarts,
                 parts.join("; ")
             ),
@@ -314,6 +284,7 @@ pub fn targets(rows: &[Row], cfg: &Config) -> Vec<Target> {
     // 2. Every scheduled upgrade became ready and every old process exited.
     let upgrade_rows: Vec<_> = endless
         .iter()
+        .chain(&master)
         .copied()
         .chain(data(rows, Kind::Scale))
         .collect();
@@ -336,7 +307,7 @@ pub fn targets(rows: &[Row], cfg: &Config) -> Vec<Target> {
         push(
             verdict(ok),
             format!(
-                "every SIGHUP upgrade completes (endless + scale rows): {done}/{asked} ready, \
+                "every SIGHUP upgrade completes (endless + master + scale rows): {done}/{asked} ready, \
                  {exited} old processes exited"
             ),
         );
