@@ -363,14 +363,3 @@ pub(crate) fn resolve(
     }
     Ok(addrs)
 }
-
-impl HookStage {
-    pub(crate) fn event(self, signal: Signal, pid: u32, generation: u64) -> SignalEvent {
-        SignalEvent {
-            signal,
-            stage: self,
-            pid,
-            generation,
-        }
-    }
-}

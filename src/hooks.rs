@@ -17,6 +17,18 @@ pub enum HookStage {
     Post,
 }
 
+impl HookStage {
+    /// The event a hook of this stage is given for `signal`.
+    pub(crate) fn event(self, signal: Signal, pid: u32, generation: u64) -> SignalEvent {
+        SignalEvent {
+            signal,
+            stage: self,
+            pid,
+            generation,
+        }
+    }
+}
+
 /// What a signal hook is told.
 #[derive(Debug, Clone, Copy)]
 pub struct SignalEvent {
