@@ -56,17 +56,9 @@ fn master_keeps_its_pid_across_upgrades_under_load() {
             "the last worker never answered a load client"
         );
     }
-    for client in clients {
+    for (name, client) in ["keep-alive", "close"].into_iter().zip(clients) {
         let stats = client.stop();
-        assert_eq!(
-            stats.failures,
-            0,
-            "{} of {} requests failed:\n{}",
-            stats.failures,
-            stats.failures + stats.successes,
-            stats.errors.join("\n")
-        );
-        assert!(stats.pids.len() > UPGRADES, "answered by {:?}", stats.pids);
+        stats.assert_across_upgrades(name, UPGRADES);
         assert!(
             !stats.pids.contains(&master),
             "the master answered a request"
