@@ -166,10 +166,17 @@ fn master_as_pid_1_reaps_orphans_and_forwards_sigterm() {
     let (status, _) = get(port, "/").expect("the worker answers");
     assert_eq!(status, 200);
 
-    // An orphan inside the namespace is reparented to the master, which must reap it.
+    // An orphan inside the namespace is reparented to the master, which must reap it. The
+    // orphan's stdio is detached so that `output()` returns when the shell exits, while the
+    // orphan still lives (the master reaps on a 20 ms tick, so an exited orphan is gone
+    // almost at once and cannot be observed as a child).
     let orphan_maker = Command::new("nsenter")
         .args(["--target", &master.to_string(), "--pid", "--"])
-        .args(["/bin/sh", "-c", "sleep 0.5 & echo $!"])
+        .args([
+            "/bin/sh",
+            "-c",
+            "sleep 3 </dev/null >/dev/null 2>&1 & echo $!",
+        ])
         .output();
     match orphan_maker {
         Ok(out) if out.status.success() => {
