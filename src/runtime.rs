@@ -825,13 +825,16 @@ impl Control {
             Err(_) => elapsed >= ACCEPT_SETTLE,
         };
         if acceptor_paused && connections == 0 && none_queued(0) {
-            info!("{who}: drained in {elapsed:?}");
+            info!("{who}: drained in {:?}", since.elapsed());
         } else if acceptor_paused
             && in_flight == 0
             && TRACKER.idle_for() >= self.settings.idle_close_after
             && none_queued(connections)
         {
-            info!("{who}: drained in {elapsed:?}; closing {connections} idle keep-alive connection(s)");
+            info!(
+                "{who}: drained in {:?}; closing {connections} idle keep-alive connection(s)",
+                since.elapsed()
+            );
         } else if deadline.is_some_and(|d| Instant::now() >= d) {
             warn!("{who}: hammer time after {elapsed:?}: forcing {connections} connection(s) with {in_flight} request(s) in flight closed");
         } else {

@@ -19,10 +19,13 @@ options:
   --runs N                 repeat the upgrade rows (endless, naive, scale) N times (default 1)
   --scale-connections N    wrk connections of the scale row (default 1000)
   --scale-restarts N       upgrades during the scale row (default 3)
+  --pairs N                interleaved comparisons: N pairs of slices, base and test alternating
+                           in ABBA order; each upgrade slice has 1 SIGHUP (default 10; 0: none)
+  --slice SECS             wrk duration of one interleaved slice (default 2)
   --only LIST              comma-separated subset of: control,endless,master,naive,steady,scale
                            (default: all; the ratios need control and steady)
   --modes LIST             comma-separated subset of: keepalive,close (default: both)
-  --quick                  smoke configuration: 5 s, 3 restarts, scale 300 connections
+  --quick                  smoke configuration: 5 s, 3 restarts, 3 pairs, scale 300 connections
   --hello PATH             hello example binary (default: <exe dir>/examples/hello)
   --plain PATH             plain_hello binary (default: <exe dir>/plain_hello)
   --wrk PATH               wrk binary (default: wrk on PATH)
@@ -83,6 +86,10 @@ pub struct Config {
     pub scale_connections: u32,
     /// Upgrades during the scale row.
     pub scale_restarts: u32,
+    /// Pairs of slices per interleaved comparison (0: no comparisons).
+    pub pairs: u32,
+    /// wrk `-d` of one interleaved slice.
+    pub slice: Duration,
     /// Rows to run.
     pub only: Selection,
     /// Connection modes to run.
@@ -108,6 +115,8 @@ impl Default for Config {
             runs: 1,
             scale_connections: 1000,
             scale_restarts: 3,
+            pairs: 10,
+            slice: Duration::from_secs(2),
             only: Selection {
                 control: true,
                 endless: true,
@@ -142,6 +151,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
         cfg.quick = true;
         cfg.duration = Duration::from_secs(5);
         cfg.restarts = 3;
+        cfg.pairs = 3;
         cfg.scale_connections = 300;
     }
     let mut it = args.iter();
@@ -165,6 +175,8 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
             "--runs" => cfg.runs = count(flag, value()?, 1, 100)?,
             "--scale-connections" => cfg.scale_connections = count(flag, value()?, 1, 100_000)?,
             "--scale-restarts" => cfg.scale_restarts = count(flag, value()?, 0, 1000)?,
+            "--pairs" => cfg.pairs = count(flag, value()?, 0, 1000)?,
+            "--slice" => cfg.slice = Duration::from_secs(count(flag, value()?, 1, 3600)?.into()),
             "--only" => cfg.only = parse_only(value()?)?,
             "--modes" => cfg.modes = parse_modes(value()?)?,
             "--quick" => {}
@@ -248,6 +260,8 @@ mod tests {
         assert_eq!(cfg.duration, Duration::from_secs(20));
         assert_eq!((cfg.restarts, cfg.threads, cfg.connections), (10, 2, 50));
         assert_eq!((cfg.workers, cfg.runs, cfg.scale_connections), (2, 1, 1000));
+        // Interleaved: 10 upgrade slices of 2 s, 1 upgrade each: 10 upgrades over 20 s.
+        assert_eq!((cfg.pairs, cfg.slice), (10, Duration::from_secs(2)));
     }
 
     #[test]

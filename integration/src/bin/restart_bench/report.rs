@@ -4,6 +4,7 @@ use std::{fmt::Write as _, time::Duration};
 
 use crate::{
     cli::{Config, ConnMode},
+    compare::Comparison,
     scenario::{Kind, Row, RowData},
 };
 
@@ -210,29 +211,58 @@ fn tag(row: &Row) -> String {
     format!("{}#{}", row.spec.mode.name(), row.spec.run)
 }
 
-/// Steady-state comparison line; `None` if either row is missing.
-pub fn steady_line(rows: &[Row], cfg: &Config) -> Option<String> {
-    let hello = control(rows, ConnMode::KeepAlive)?.result.as_ref().ok()?;
-    let plain = rows
+/// `mode#run` of a comparison, or `steady` for the hello/plain one.
+fn cmp_tag(c: &Comparison) -> String {
+    if c.spec.base.kind == Kind::Plain {
+        "steady".into()
+    } else {
+        format!("{}#{}", c.spec.test.mode.name(), c.spec.test.run)
+    }
+}
+
+/// One line per interleaved comparison.
+pub fn comparison_lines(comparisons: &[Comparison]) -> Vec<String> {
+    comparisons
         .iter()
-        .find(|r| r.spec.kind == Kind::Plain)?
-        .result
-        .as_ref()
-        .ok()?;
-    Some(format!(
-        "steady state (keep-alive, no restarts, --workers {} for both): hello {:.0} req/s, \
-         plain_hello {:.0} req/s, ratio hello/plain {:.3}; p99 {} ms vs {} ms",
-        cfg.workers,
-        hello.wrk.req_per_sec,
-        plain.wrk.req_per_sec,
-        hello.wrk.req_per_sec / plain.wrk.req_per_sec,
-        ms(hello.wrk.p99, 2),
-        ms(plain.wrk.p99, 2),
-    ))
+        .map(|c| {
+            let (base, test) = (c.spec.base.kind.name(), c.spec.test.kind.name());
+            let what = format!(
+                "{} {test} vs {base}, {} x {} s slices each",
+                cmp_tag(c),
+                c.spec.pairs,
+                c.spec.base.duration.as_secs()
+            );
+            match c.figures() {
+                Err(e) => format!("{what}: not measured: {e}"),
+                Ok(f) => {
+                    let upgrades = if f.upgrades.1 > 0 {
+                        format!(", {}/{} upgrades", f.upgrades.0, f.upgrades.1)
+                    } else {
+                        String::new()
+                    };
+                    let r = &f.pair_ratios;
+                    format!(
+                        "{what}: median pair ratio {:.3} (pairs from {:.3} to {:.3}; mean req/s {test} {:.0}, \
+                         {base} {:.0}, ratio {:.3}); p99 median pair ratio {:.2}; failed requests {test} {}, \
+                         {base} {}{upgrades}",
+                        f.ratio(),
+                        r[0],
+                        r[r.len() - 1],
+                        f.test_rps,
+                        f.base_rps,
+                        f.mean_ratio,
+                        f.p99_ratio(),
+                        f.test_failed,
+                        f.base_failed,
+                    )
+                }
+            }
+        })
+        .collect()
 }
 
 /// Evaluates the issue's targets.
-pub fn targets(rows: &[Row], cfg: &Config) -> Vec<Target> {
+pub fn targets(rows: &[Row], comparisons: &[Comparison], cfg: &Config) -> Vec<Target> {
     let mut out = Vec::new();
     let mut push = |verdict, text: String| out.push(Target { verdict, text });
     let endless: Vec<_> = data(rows, Kind::Endless).collect();
@@ -313,42 +343,86 @@ pub fn targets(rows: &[Row], cfg: &Config) -> Vec<Target> {
         );
     }
 
-    // 3. Throughput during upgrades vs control.
-    ratio_target(
-        &mut push,
-        rows,
-        &endless,
-        "req/s during upgrades >= 0.95 x control",
-        |d, c| {
-            let r = d.wrk.req_per_sec / c.wrk.req_per_sec;
-            (r >= 0.95, format!("{r:.3}"))
-        },
-    );
-
-    // 4. Steady state.
-    let plain = rows.iter().find(|r| r.spec.kind == Kind::Plain);
-    match (control(rows, ConnMode::KeepAlive), plain) {
-        (Some(c), Some(p)) => match (&c.result, &p.result) {
-            (Ok(c), Ok(p)) => {
-                let r = c.wrk.req_per_sec / p.wrk.req_per_sec;
-                push(
-                    verdict(r >= 0.98),
-                    format!(
-                        "steady-state hello >= 0.98 x plain_hello (keep-alive, --workers {}): {r:.3}",
-                        cfg.workers
-                    ),
-                );
-            }
-            _ => push(
-                Verdict::Fail,
-                "steady-state hello >= 0.98 x plain_hello: a row failed to run".into(),
-            ),
-        },
-        _ => push(
-            Verdict::Skip,
-            "steady-state hello >= 0.98 x plain_hello: control keep-alive or plain row not run"
-                .into(),
+    // 3. Throughput during upgrades vs control, and 4. steady state: interleaved slices.
+    let upgrade_cmps: Vec<&Comparison> = comparisons
+        .iter()
+        .filter(|c| c.spec.test.kind == Kind::Endless)
+        .collect();
+    let steady_cmps: Vec<&Comparison> = comparisons
+        .iter()
+        .filter(|c| c.spec.base.kind == Kind::Plain)
+        .collect();
+    for (cmps, title, min) in [
+        (
+            &upgrade_cmps,
+            "req/s during upgrades >= 0.95 x control (median pair ratio of the interleaved slices, \
+             1 upgrade per 2 s; mean ratio in brackets)",
+            0.95,
         ),
+        (
+            &steady_cmps,
+            "steady-state hello >= 0.98 x plain_hello (median pair ratio of the interleaved slices, \
+             keep-alive; mean ratio in brackets)",
+            0.98,
+        ),
+    ] {
+        if cmps.is_empty() {
+            push(
+                Verdict::Skip,
+                format!("{title}: no interleaved comparison (--pairs 0 or rows not selected)"),
+            );
+            continue;
+        }
+        let mut ok = true;
+        let parts: Vec<String> = cmps
+            .iter()
+            .map(|c| match c.figures() {
+                Ok(f) => {
+                    ok &= f.ratio() >= min;
+                    format!("{} {:.3} ({:.3})", cmp_tag(c), f.ratio(), f.mean_ratio)
+                }
+                Err(e) => {
+                    ok = false;
+                    format!("{} {e}", cmp_tag(c))
+                }
+            })
+            .collect();
+        push(verdict(ok), format!("{title}: {}", parts.join("; ")));
+    }
+    if !upgrade_cmps.is_empty() {
+        let mut ok = true;
+        let parts: Vec<String> = upgrade_cmps
+            .iter()
+            .map(|c| match c.figures() {
+                Ok(f) => {
+                    ok &=
+                        f.test_failed == 0 && f.upgrades.0 == f.upgrades.1 && f.problems.is_empty();
+                    format!(
+                        "{} {} failed, {}/{} upgrades{}",
+                        cmp_tag(c),
+                        f.test_failed,
+                        f.upgrades.0,
+                        f.upgrades.1,
+                        if f.problems.is_empty() {
+                            ""
+                        } else {
+                            " (problems: see above)"
+                        }
+                    )
+                }
+                Err(e) => {
+                    ok = false;
+                    format!("{} {e}", cmp_tag(c))
+                }
+            })
+            .collect();
+        push(
+            verdict(ok),
+            format!(
+                "0 failed requests and every upgrade completed in the interleaved upgrade slices: {}",
+                parts.join("; ")
+            ),
+        );
     }
 
     // 5. SIGHUP -> ready median.
@@ -375,19 +449,30 @@ pub fn targets(rows: &[Row], cfg: &Config) -> Vec<Target> {
         );
     }
 
-    // 6. p99 during upgrades vs control.
-    ratio_target(
-        &mut push,
-        rows,
-        &endless,
-        "p99 during upgrades <= 2 x control p99",
-        |d, c| {
-            (
-                d.wrk.p99 <= c.wrk.p99 * 2,
-                format!("{} ms vs {} ms", ms(d.wrk.p99, 2), ms(c.wrk.p99, 2)),
-            )
-        },
-    );
+    // 6. p99 during upgrades vs control: interleaved slices, like the throughput.
+    if !upgrade_cmps.is_empty() {
+        let mut ok = true;
+        let parts: Vec<String> = upgrade_cmps
+            .iter()
+            .map(|c| match c.figures() {
+                Ok(f) => {
+                    ok &= f.p99_ratio() <= 2.0;
+                    format!("{} {:.2}", cmp_tag(c), f.p99_ratio())
+                }
+                Err(e) => {
+                    ok = false;
+                    format!("{} {e}", cmp_tag(c))
+                }
+            })
+            .collect();
+        push(
+            verdict(ok),
+            format!(
+                "p99 during upgrades <= 2 x control p99 (median pair ratio of the interleaved slices): {}",
+                parts.join("; ")
+            ),
+        );
+    }
 
     // 7. Scale.
     let scale: Vec<_> = data(rows, Kind::Scale).collect();
@@ -457,40 +542,6 @@ pub fn targets(rows: &[Row], cfg: &Config) -> Vec<Target> {
     }
 
     out
-}
-
-/// A target comparing each endless row with the control row of its mode.
-fn ratio_target(
-    push: &mut impl FnMut(Verdict, String),
-    rows: &[Row],
-    endless: &[(&Row, Result<&RowData, &String>)],
-    title: &str,
-    check: impl Fn(&RowData, &RowData) -> (bool, String),
-) {
-    if endless.is_empty() {
-        return;
-    }
-    let mut ok = true;
-    let mut parts = Vec::new();
-    for (r, d) in endless {
-        let ctl = control_for(rows, r).map(|c| c.result.as_ref());
-        match (d, ctl) {
-            (Ok(d), Some(Ok(c))) => {
-                let (pass, fig) = check(d, c);
-                ok &= pass;
-                parts.push(format!("{} {fig}", tag(r)));
-            }
-            (_, None) => {
-                push(Verdict::Skip, format!("{title}: no control row"));
-                return;
-            }
-            _ => {
-                ok = false;
-                parts.push(format!("{} row failed to run", tag(r)));
-            }
-        }
-    }
-    push(verdict(ok), format!("{title}: {}", parts.join("; ")));
 }
 
 /// Pass if `ok`.

@@ -82,6 +82,8 @@ pub struct RowSpec {
     pub restarts: u32,
     /// Repetition number, from 1.
     pub run: u32,
+    /// wrk `-d` (whole seconds).
+    pub duration: Duration,
 }
 
 /// Restart figures of one row.
@@ -225,7 +227,7 @@ impl Runner {
             addr,
             threads: self.cfg.threads,
             connections: spec.connections,
-            duration: self.cfg.duration,
+            duration: spec.duration,
             mode: spec.mode,
         }
     }
@@ -251,10 +253,11 @@ impl Runner {
         &self,
         guard: &mut Guard,
         dir: &Path,
-        wrk_pid: i32,
-        t0: Instant,
+        wrk: (i32, Instant),
+        duration: Duration,
     ) -> Result<WrkReport, String> {
-        let deadline = t0 + self.cfg.duration + WRK_GRACE;
+        let (wrk_pid, t0) = wrk;
+        let deadline = t0 + duration + WRK_GRACE;
         let status = guard
             .wait_child(wrk_pid, deadline)
             .ok_or(if procs::interrupted() {
@@ -358,7 +361,7 @@ impl Runner {
     fn monitored(&self, guard: &mut Guard, dir: &Path, spec: RowSpec) -> Result<RowData, String> {
         let server = self.start_server(guard, dir, spec.kind, 0)?;
         let wspec = self.wrk_spec(spec, server.addr);
-        let schedule = restart_times(self.cfg.duration, spec.restarts);
+        let schedule = restart_times(spec.duration, spec.restarts);
         let first = Proc::of(server.first).ok_or("server vanished after start-up")?;
 
         let mut tracked = vec![first];
@@ -378,7 +381,7 @@ impl Runner {
         let mut readies_before = 0usize;
 
         let (wrk_pid, t0) = self.start_wrk(guard, dir, &wspec)?;
-        let hard_deadline = t0 + self.cfg.duration + WRK_GRACE + EXIT_TIMEOUT;
+        let hard_deadline = t0 + spec.duration + WRK_GRACE + EXIT_TIMEOUT;
         let mut wrk_done = false;
         loop {
             let now = Instant::now();
@@ -494,7 +497,7 @@ impl Runner {
             ));
         }
 
-        let wrk = self.finish_wrk(guard, dir, wrk_pid, t0)?;
+        let wrk = self.finish_wrk(guard, dir, (wrk_pid, t0), spec.duration)?;
         let notes = stop_all(guard, &tracked, &mut orphan_cpu, first.pid);
         Ok(RowData {
             wrk,
@@ -534,7 +537,7 @@ impl Runner {
             .port();
         let mut server = self.start_server(guard, dir, Kind::Naive, port)?;
         let wspec = self.wrk_spec(spec, server.addr);
-        let schedule = restart_times(self.cfg.duration, spec.restarts);
+        let schedule = restart_times(spec.duration, spec.restarts);
         let mut restarts = Restarts {
             requested: spec.restarts,
             ..Restarts::default()
@@ -591,7 +594,7 @@ impl Runner {
             }
         }
 
-        let wrk = self.finish_wrk(guard, dir, wrk_pid, t0)?;
+        let wrk = self.finish_wrk(guard, dir, (wrk_pid, t0), spec.duration)?;
         if let Some(p) = Proc::of(server.first) {
             // Every plain_hello is our direct child: its CPU time is in getrusage(CHILDREN).
             notes.extend(stop_all(guard, &[p], &mut HashMap::new(), p.pid));
