@@ -26,12 +26,40 @@ use actix_web::HttpServer;
 pub(crate) static TRACKER: Tracker = Tracker::new();
 
 /// Counts of what this process is still serving.
+///
+/// Every request updates the counts, on whichever worker thread serves it, so each thread
+/// counts in its own [`Shard`] (one cache line each): with one shared set of counters the
+/// workers would bounce that cache line between cores on every request. The control thread
+/// sums the shards when it needs a count, which is rare (every few ms while draining).
 pub(crate) struct Tracker {
-    draining: AtomicBool,
+    /// Read on every response; written once per drain. Alone on its cache line.
+    draining: Padded<AtomicBool>,
+    /// When the current drain began (see [`Tracker::touch`]), in nanoseconds since [`epoch`].
+    touched: AtomicU64,
+    /// One per thread that ever counted something; never removed (a few per worker thread).
+    shards: Mutex<Vec<&'static Shard>>,
+}
+
+/// Keeps a value on its own cache line (128 bytes: two lines, for adjacent-line prefetch).
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// The counts of one thread.
+#[repr(align(128))]
+struct Shard {
     connections: AtomicUsize,
     in_flight: AtomicUsize,
-    /// When the last response finished, in nanoseconds since [`epoch`].
+    /// When the last response of this thread finished, in nanoseconds since [`epoch`].
     last_done: AtomicU64,
+}
+
+thread_local! {
+    static SHARD: &'static Shard = TRACKER.new_shard();
+}
+
+/// This thread's shard.
+fn shard() -> &'static Shard {
+    SHARD.with(|s| *s)
 }
 
 fn epoch() -> Instant {
@@ -46,30 +74,48 @@ fn now_nanos() -> u64 {
 impl Tracker {
     const fn new() -> Self {
         Tracker {
-            draining: AtomicBool::new(false),
+            draining: Padded(AtomicBool::new(false)),
+            touched: AtomicU64::new(0),
+            shards: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn new_shard(&self) -> &'static Shard {
+        let shard: &'static Shard = Box::leak(Box::new(Shard {
             connections: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             last_done: AtomicU64::new(0),
-        }
+        }));
+        self.shards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(shard);
+        shard
+    }
+
+    /// Sum of `count` over every shard.
+    fn sum(&self, count: impl Fn(&Shard) -> usize) -> usize {
+        let shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        shards.iter().map(|s| count(s)).sum()
     }
 
     /// From now on every response asks its client to close the connection.
     pub(crate) fn set_draining(&self, draining: bool) {
-        self.draining.store(draining, Ordering::SeqCst);
+        self.draining.0.store(draining, Ordering::SeqCst);
     }
 
     fn draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.draining.0.load(Ordering::Relaxed)
     }
 
     /// Open connections of this process.
     pub(crate) fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
+        self.sum(|s| s.connections.load(Ordering::SeqCst))
     }
 
     /// Requests whose response has not been completely sent.
     pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::SeqCst)
+        self.sum(|s| s.in_flight.load(Ordering::SeqCst))
     }
 
     /// How long no request has been in flight (zero while one is).
@@ -77,29 +123,37 @@ impl Tracker {
         if self.in_flight() > 0 {
             return Duration::ZERO;
         }
-        let done = self.last_done.load(Ordering::SeqCst);
+        let shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        let done = shards
+            .iter()
+            .map(|s| s.last_done.load(Ordering::SeqCst))
+            .chain([self.touched.load(Ordering::SeqCst)])
+            .max()
+            .unwrap_or(0);
         Duration::from_nanos(now_nanos().saturating_sub(done))
     }
 
     /// Marks the start of an idle period (used when a drain begins with nothing in flight).
     pub(crate) fn touch(&self) {
-        self.last_done.store(now_nanos(), Ordering::SeqCst);
+        self.touched.store(now_nanos(), Ordering::SeqCst);
     }
 }
 
-/// Lives in a connection's extensions; counts the connection while it is open.
-struct ConnectionGuard;
+/// Lives in a connection's extensions; counts the connection while it is open (in the
+/// shard of the thread that opened it, wherever it is dropped).
+struct ConnectionGuard(&'static Shard);
 
 impl ConnectionGuard {
     fn new() -> Self {
-        TRACKER.connections.fetch_add(1, Ordering::SeqCst);
-        ConnectionGuard
+        let shard = shard();
+        shard.connections.fetch_add(1, Ordering::SeqCst);
+        ConnectionGuard(shard)
     }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        TRACKER.connections.fetch_sub(1, Ordering::SeqCst);
+        self.0.connections.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -116,19 +170,20 @@ pub(crate) fn on_connect(user: Option<&OnConnect>, io: &dyn std::any::Any, ext: 
 pub(crate) type OnConnect = Box<dyn Fn(&dyn std::any::Any, &mut Extensions) + Send + Sync>;
 
 /// Counts one request until its response body is dropped.
-struct InFlightGuard;
+struct InFlightGuard(&'static Shard);
 
 impl InFlightGuard {
     fn new() -> Self {
-        TRACKER.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlightGuard
+        let shard = shard();
+        shard.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(shard)
     }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        TRACKER.last_done.store(now_nanos(), Ordering::SeqCst);
-        TRACKER.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.last_done.store(now_nanos(), Ordering::SeqCst);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
