@@ -13,7 +13,9 @@
 //! * `--addr-file PATH`: after binding, the bound addresses are written here atomically (write
 //!   a temporary file, then rename), one per line, e.g. `127.0.0.1:41234\n`.
 //!
-//! Route: `GET /` -> 200 `hello from pid {pid}\n`.
+//! Route: `GET /` -> 200 `hello from pid {pid}, generation 1, release v1\n`: the same
+//! handler as the `hello` example's (same extractor, same formatting, same body length), so
+//! that the steady-state comparison measures the crate and not a difference in the handlers.
 //!
 //! Signals are actix's defaults: SIGINT/SIGTERM stop gracefully, SIGQUIT stops at once.
 
@@ -73,11 +75,15 @@ fn write_addr_file(path: &PathBuf, addrs: &[SocketAddr]) -> io::Result<()> {
     fs::rename(&tmp, path)
 }
 
-/// `GET /`.
-async fn index() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; charset=utf-8")
-        .body(format!("hello from pid {}\n", std::process::id()))
+/// `GET /`, written like the `hello` example's handler (there the generation comes from
+/// `actix_endless::generation()`; without the crate there is only generation 1).
+async fn index(release: web::Data<&'static str>) -> HttpResponse {
+    HttpResponse::Ok().body(format!(
+        "hello from pid {}, generation {}, release {}\n",
+        std::process::id(),
+        1,
+        release.get_ref()
+    ))
 }
 
 fn main() -> ExitCode {
@@ -99,7 +105,11 @@ fn main() -> ExitCode {
 
 /// Binds, publishes the addresses, then serves until a stop signal.
 async fn serve(args: Args) -> io::Result<()> {
-    let mut server = HttpServer::new(|| App::new().route("/", web::get().to(index)));
+    let mut server = HttpServer::new(|| {
+        App::new()
+            .app_data(web::Data::new("v1"))
+            .route("/", web::get().to(index))
+    });
     if let Some(n) = args.workers {
         server = server.workers(n);
     }
