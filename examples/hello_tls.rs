@@ -15,38 +15,49 @@ mod common;
 mod hello_app;
 
 use std::io;
+use std::path::{Path, PathBuf};
 
 use actix_web::App;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-fn load_tls(cert: &str, key: &str) -> io::Result<rustls::ServerConfig> {
-    let invalid = |what: &str, e: &dyn std::fmt::Display| {
+/// The flags of this example besides the common ones.
+#[derive(Debug, clap::Args)]
+struct Own {
+    /// PEM file with the certificate chain, leaf first (read by every generation).
+    #[arg(long, value_name = "PATH", env = "ENDLESS_TLS_CERT")]
+    tls_cert: PathBuf,
+    /// PEM file with the private key (read by every generation).
+    #[arg(long, value_name = "PATH", env = "ENDLESS_TLS_KEY")]
+    tls_key: PathBuf,
+}
+
+fn load_tls(cert: &Path, key: &Path) -> io::Result<rustls::ServerConfig> {
+    let invalid = |what: &dyn std::fmt::Display, e: &dyn std::fmt::Display| {
         io::Error::new(io::ErrorKind::InvalidData, format!("{what}: {e}"))
     };
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| invalid(cert, &e))?;
+        .map_err(|e| invalid(&cert.display(), &e))?;
     if chain.is_empty() {
-        return Err(invalid(cert, &"no certificate in the file"));
+        return Err(invalid(&cert.display(), &"no certificate in the file"));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| invalid(key, &e))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| invalid(&key.display(), &e))?;
     rustls::ServerConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
         .with_safe_default_protocol_versions()
-        .map_err(|e| invalid("TLS versions", &e))?
+        .map_err(|e| invalid(&"TLS versions", &e))?
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .map_err(|e| invalid("certificate and key", &e))
+        .map_err(|e| invalid(&"certificate and key", &e))
 }
 
 fn main() {
     common::init_logging();
-    let options = common::Options::parse(&["--tls-cert", "--tls-key"]);
-    let (Some(cert), Some(key)) = (options.extra("--tls-cert"), options.extra("--tls-key")) else {
-        eprintln!("--tls-cert PATH and --tls-key PATH are required");
-        std::process::exit(2);
-    };
-    let config = match load_tls(cert, key) {
+    let (options, own) = common::Options::parse_with::<Own>(
+        "The hello demo over HTTPS: the certificate and key are read by every generation, so \
+replacing the files and sending SIGHUP rotates them.",
+    );
+    let config = match load_tls(&own.tls_cert, &own.tls_key) {
         Ok(config) => config,
         Err(e) => {
             log::error!("cannot load the TLS certificate: {e}");

@@ -19,13 +19,20 @@ fn read_greeting(path: &PathBuf) -> std::io::Result<String> {
     Ok(std::fs::read_to_string(path)?.trim().to_owned())
 }
 
+/// The flags of this example besides the common ones.
+#[derive(Debug, clap::Args)]
+struct Own {
+    /// File holding the greeting; re-read on SIGUSR1.
+    #[arg(long, value_name = "PATH", env = "ENDLESS_CONFIG")]
+    config: PathBuf,
+}
+
 fn main() {
     common::init_logging();
-    let options = Options::parse(&["--config"]);
-    let Some(config) = options.extra("--config").map(PathBuf::from) else {
-        eprintln!("--config PATH is required");
-        std::process::exit(2);
-    };
+    let (options, Own { config }) = Options::parse_with::<Own>(
+        "Configuration hot reload: answers GET / with the greeting of --config; `kill -USR1` \
+re-reads the file, `kill -HUP` re-execs.",
+    );
     let greeting = match read_greeting(&config) {
         Ok(text) => Arc::new(RwLock::new(text)),
         Err(e) => {

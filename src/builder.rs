@@ -8,29 +8,16 @@ use std::time::Duration;
 
 use actix_service::IntoServiceFactory;
 use actix_web::body::MessageBody;
-use actix_web::dev::{AppConfig, Extensions, Response, Service, ServiceFactory};
+use actix_web::dev::Extensions;
 
+use crate::config::{Bind, HammerTime, ProcessMode, ServerSettings, Settings};
 use crate::drain::{OnConnect, Server};
 use crate::error::{Error, Result};
+use crate::event::Event;
 use crate::hooks::{HookStage, Hooks, ServingEvent, SignalEvent, UpgradeEvent};
-use crate::listeners::{BindAddr, TlsConfig};
-use crate::runtime::{self, Event, ProcessMode, Settings};
+use crate::runtime::{self, App};
+use crate::server::{AppFactory, Configure, Gate};
 use crate::signals::{Action, Signal};
-
-/// How long a graceful drain may last before the remaining connections are closed by force.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HammerTime {
-    /// Force the close once this much time has passed since the drain began.
-    After(Duration),
-    /// Never force: the drain lasts until the last connection is gone (or `SIGUSR2`).
-    Never,
-}
-
-impl From<Duration> for HammerTime {
-    fn from(d: Duration) -> Self {
-        HammerTime::After(d)
-    }
-}
 
 /// A cheap, cloneable handle that asks the runtime to act, as the signals do.
 ///
@@ -64,34 +51,6 @@ impl Handle {
     }
 }
 
-/// An application's service factory, as `HttpServer::new` accepts it: what an actix-web `App`
-/// is. Implemented for every type that qualifies; it only names the bounds once.
-pub trait AppFactory<B>:
-    ServiceFactory<
-        actix_http::Request,
-        Config = AppConfig,
-        Error: Into<actix_web::Error> + 'static,
-        InitError: fmt::Debug,
-        Response: Into<Response<B>> + 'static,
-        Service: Service<actix_http::Request, Future: 'static> + 'static,
-    > + 'static
-{
-}
-
-impl<S, B> AppFactory<B> for S where
-    S: ServiceFactory<
-            actix_http::Request,
-            Config = AppConfig,
-            Error: Into<actix_web::Error> + 'static,
-            InitError: fmt::Debug,
-            Response: Into<Response<B>> + 'static,
-            Service: Service<actix_http::Request, Future: 'static> + 'static,
-        > + 'static
-{
-}
-
-type Configure<S, B> = Box<dyn FnOnce(Server<S, B>) -> Server<S, B>>;
-
 /// The runtime builder: an actix-web application plus how to serve, upgrade and stop it.
 ///
 /// | option | default |
@@ -103,27 +62,31 @@ type Configure<S, B> = Box<dyn FnOnce(Server<S, B>) -> Server<S, B>>;
 /// | [`idle_close_after`](Self::idle_close_after) | 250 ms |
 /// | [`backlog`](Self::backlog) | 4096 |
 /// | [`executable`](Self::executable) | the path this process was started as |
-/// | [`configure`](Self::configure) | actix-web's defaults |
+/// | [`workers`](Self::workers), [`keep_alive`](Self::keep_alive), ... | actix-web's defaults |
+/// | [`configure`](Self::configure) | nothing: actix-web's defaults |
+#[must_use = "an Endless builder does nothing until `.run()` is called"]
 pub struct Endless<F, I, S, B>
 where
-    F: Fn() -> I + Send + Clone + 'static,
+    F: Fn() -> I + Send + 'static,
     I: IntoServiceFactory<S, actix_http::Request>,
     S: AppFactory<B>,
     B: MessageBody + 'static,
 {
-    pub(crate) factory: F,
-    pub(crate) binds: Vec<Bind>,
-    pub(crate) settings: Settings,
-    pub(crate) hooks: Hooks,
-    pub(crate) configure: Option<Configure<S, B>>,
-    pub(crate) on_connect: Option<OnConnect>,
-    pub(crate) events: (Sender<Event>, Receiver<Event>),
+    factory: F,
+    binds: Vec<Bind>,
+    settings: Settings,
+    server: ServerSettings,
+    hooks: Hooks,
+    configure: Vec<Configure<S, B>>,
+    on_connect: Option<OnConnect>,
+    ready_gate: Option<Gate>,
+    events: (Sender<Event>, Receiver<Event>),
     _types: std::marker::PhantomData<fn() -> I>,
 }
 
 impl<F, I, S, B> Endless<F, I, S, B>
 where
-    F: Fn() -> I + Send + Clone + 'static,
+    F: Fn() -> I + Send + 'static,
     I: IntoServiceFactory<S, actix_http::Request>,
     S: AppFactory<B>,
     B: MessageBody + 'static,
@@ -134,9 +97,11 @@ where
             factory,
             binds: Vec::new(),
             settings: Settings::default(),
+            server: ServerSettings::default(),
             hooks: Hooks::default(),
-            configure: None,
+            configure: Vec::new(),
             on_connect: None,
+            ready_gate: None,
             events: channel(),
             _types: std::marker::PhantomData,
         }
@@ -146,14 +111,7 @@ where
     /// once. A name that resolves to several addresses serves on all of them. Resolution or
     /// bind errors are reported by [`run`](Self::run), naming the address.
     pub fn bind(mut self, addr: impl ToSocketAddrs + fmt::Display) -> Self {
-        let resolved = addr
-            .to_socket_addrs()
-            .map(|addrs| addrs.map(BindAddr::Tcp).collect());
-        self.binds.push(Bind {
-            text: addr.to_string(),
-            resolved,
-            tls: None,
-        });
+        self.binds.push(Bind::tcp(addr, None));
         self
     }
 
@@ -162,19 +120,14 @@ where
     /// from files before calling this makes `SIGHUP` rotate them; a new generation that cannot
     /// load them fails to start and the old one serves on.
     #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
     pub fn bind_rustls(
         mut self,
         addr: impl ToSocketAddrs + fmt::Display,
         config: rustls::ServerConfig,
     ) -> Self {
-        let resolved = addr
-            .to_socket_addrs()
-            .map(|addrs| addrs.map(BindAddr::Tcp).collect());
-        self.binds.push(Bind {
-            text: addr.to_string(),
-            resolved,
-            tls: Some(std::sync::Arc::new(config)),
-        });
+        self.binds
+            .push(Bind::tcp(addr, Some(std::sync::Arc::new(config))));
         self
     }
 
@@ -182,13 +135,7 @@ where
     /// over on upgrades like any other; the runtime never unlinks it, and a stale socket file
     /// left by a dead process is replaced at the first bind.
     pub fn bind_uds(mut self, path: impl Into<PathBuf>) -> Self {
-        let path = path.into();
-        let text = format!("unix:{}", path.display());
-        self.binds.push(Bind {
-            text,
-            resolved: Ok(vec![BindAddr::Unix { path, mode: None }]),
-            tls: None,
-        });
+        self.binds.push(Bind::unix(path.into()));
         self
     }
 
@@ -249,14 +196,77 @@ where
         self
     }
 
-    /// Tunes the inner `HttpServer` (workers, keep-alive, timeouts, ...), e.g.
-    /// `.configure(|server| server.workers(4))`. Listening sockets, signals and `on_connect`
-    /// are the runtime's: use [`bind`](Self::bind) and [`on_connect`](Self::on_connect).
+    /// How long a graceful drain may last: an alias of [`hammer_time`](Self::hammer_time)
+    /// under `HttpServer`'s name for it.
+    pub fn shutdown_timeout(self, timeout: Duration) -> Self {
+        self.hammer_time(timeout)
+    }
+
+    /// The number of worker threads, as `HttpServer::workers` (default: one per physical
+    /// core). Zero is an error reported by [`run`](Self::run).
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.server.workers = Some(workers);
+        self
+    }
+
+    /// How long an idle keep-alive connection is kept, as `HttpServer::keep_alive`.
+    pub fn keep_alive(mut self, keep_alive: impl Into<actix_web::http::KeepAlive>) -> Self {
+        self.server.keep_alive = Some(keep_alive.into());
+        self
+    }
+
+    /// How long a client has to send a request's head, as `HttpServer::client_request_timeout`.
+    pub fn client_request_timeout(mut self, timeout: Duration) -> Self {
+        self.server.client_request_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a client has to close its side of a closing connection, as
+    /// `HttpServer::client_disconnect_timeout`.
+    pub fn client_disconnect_timeout(mut self, timeout: Duration) -> Self {
+        self.server.client_disconnect_timeout = Some(timeout);
+        self
+    }
+
+    /// The most connections each worker serves at once, as `HttpServer::max_connections`.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.server.max_connections = Some(max);
+        self
+    }
+
+    /// The most TLS handshakes each worker runs at once, as
+    /// `HttpServer::max_connection_rate`.
+    pub fn max_connection_rate(mut self, max: usize) -> Self {
+        self.server.max_connection_rate = Some(max);
+        self
+    }
+
+    /// Tunes the inner `HttpServer` further, e.g. `.configure(|server| server.workers(4))`.
+    /// Calls compose in order. Listening sockets, signals and `on_connect` are the runtime's:
+    /// use [`bind`](Self::bind) and [`on_connect`](Self::on_connect).
     pub fn configure(
         mut self,
         configure: impl FnOnce(Server<S, B>) -> Server<S, B> + 'static,
     ) -> Self {
-        self.configure = Some(Box::new(configure));
+        self.configure.push(Box::new(configure));
+        self
+    }
+
+    /// An async check that must pass before this generation accepts its first connection,
+    /// e.g. a database ping or a cache warm-up. It runs in every generation after the
+    /// application's setup, bounded by the [`upgrade_timeout`](Self::upgrade_timeout). When it
+    /// fails or times out in a new generation, that generation exits without having served a
+    /// request, the upgrade fails with the check's error in the old generation's log, and the
+    /// old generation serves on. At first start a failing check is a start-up error.
+    pub fn ready_when<Fut, E>(mut self, check: impl FnOnce() -> Fut + 'static) -> Self
+    where
+        Fut: std::future::Future<Output = std::result::Result<(), E>> + 'static,
+        E: fmt::Display,
+    {
+        self.ready_gate = Some(Box::new(move || {
+            let fut = check();
+            Box::pin(async move { fut.await.map_err(|e| e.to_string()) })
+        }));
         self
     }
 
@@ -314,52 +324,17 @@ where
     /// Serves until this process is done: stopped by a signal or a [`Handle`], or drained after
     /// handing over to a new generation. Returns an error if it cannot start.
     pub fn run(self) -> Result<()> {
-        runtime::run(self)
+        let factory = self.factory;
+        runtime::run(App {
+            factory: Box::new(move || factory().into_factory()),
+            binds: self.binds,
+            settings: self.settings,
+            server: self.server,
+            hooks: self.hooks,
+            configure: self.configure,
+            on_connect: self.on_connect,
+            ready_gate: self.ready_gate,
+            events: self.events,
+        })
     }
-}
-
-/// One configured address, as given, resolved, and how to serve it.
-pub(crate) struct Bind {
-    text: String,
-    resolved: std::io::Result<Vec<BindAddr>>,
-    tls: Option<TlsConfig>,
-}
-
-/// Resolves the configured addresses, failing on the first that did not resolve.
-pub(crate) fn resolve(
-    binds: Vec<Bind>,
-    unix_socket_mode: Option<u32>,
-) -> Result<Vec<(BindAddr, Option<TlsConfig>)>> {
-    let mut addrs = Vec::new();
-    for Bind {
-        text,
-        resolved,
-        tls,
-    } in binds
-    {
-        let resolved = resolved.map_err(|source| Error::Bind {
-            addr: text.clone(),
-            source,
-        })?;
-        if resolved.is_empty() {
-            return Err(Error::Bind {
-                addr: text,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "resolves to no address",
-                ),
-            });
-        }
-        addrs.extend(resolved.into_iter().map(|addr| {
-            let addr = match addr {
-                BindAddr::Unix { path, .. } => BindAddr::Unix {
-                    path,
-                    mode: unix_socket_mode,
-                },
-                tcp => tcp,
-            };
-            (addr, tls.clone())
-        }));
-    }
-    Ok(addrs)
 }

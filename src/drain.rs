@@ -311,8 +311,11 @@ where
 /// The application factory the runtime registers; read back by [`make_app`] in every worker.
 static FACTORY: Mutex<Option<Box<dyn std::any::Any + Send>>> = Mutex::new(None);
 
+/// An application factory as the workers call it: builds the application's service factory.
+pub(crate) type Factory<S> = Box<dyn Fn() -> S + Send>;
+
 /// Stores the application factory for the workers of the runtime about to start.
-pub(crate) fn register_factory<F: Send + 'static>(factory: F) {
+pub(crate) fn register_factory<S: 'static>(factory: Factory<S>) {
     *FACTORY.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(factory));
 }
 
@@ -320,23 +323,17 @@ pub(crate) fn register_factory<F: Send + 'static>(factory: F) {
 ///
 /// A plain `fn` (not a closure) so that the server type can be named in
 /// [`crate::Endless::configure`].
-pub(crate) fn make_app<F, I, S, B>() -> DrainApp<S, B>
-where
-    F: Fn() -> I + Clone + Send + 'static,
-    I: actix_service::IntoServiceFactory<S, actix_http::Request>,
-    S: ServiceFactory<actix_http::Request, Config = AppConfig>,
-{
-    let factory: F = FACTORY
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+pub(crate) fn make_app<S: 'static, B>() -> DrainApp<S, B> {
+    let factory = FACTORY.lock().unwrap_or_else(|e| e.into_inner());
+    let inner = factory
         .as_ref()
-        .and_then(|f| f.downcast_ref::<F>())
-        .cloned()
+        .and_then(|f| f.downcast_ref::<Factory<S>>())
         // The runtime registers the factory of this very type before it starts any worker, and
         // only one runtime runs per process.
-        .expect("actix-endless: application factory registered before the workers start");
+        .expect("actix-endless: application factory registered before the workers start")(
+    );
     DrainApp {
-        inner: factory().into_factory(),
+        inner,
         _body: PhantomData,
     }
 }

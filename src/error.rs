@@ -50,12 +50,36 @@ pub enum Error {
         /// The cause.
         source: io::Error,
     },
+    /// The working directory that new generations start in is gone or not a directory.
+    WorkingDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// No address is configured and no socket was inherited.
+    NothingToListenOn,
+    /// A setting cannot be used.
+    Config {
+        /// The builder method that sets it, e.g. `workers`.
+        setting: &'static str,
+        /// Why not.
+        reason: String,
+    },
     /// The new generation ended before it reported ready.
     ChildExited {
         /// Its pid.
         pid: u32,
         /// How it ended, e.g. `exit status: 1`.
         status: String,
+    },
+    /// The readiness gate ([`crate::Endless::ready_when`]) failed or timed out: in a new
+    /// generation, the upgrade failed before it served any request.
+    NotReady {
+        /// The process whose gate failed.
+        pid: u32,
+        /// Why.
+        reason: String,
     },
     /// The new generation did not report ready within the upgrade timeout.
     ReadyTimeout {
@@ -95,11 +119,23 @@ impl fmt::Display for Error {
             Error::Spawn { program, source } => {
                 write!(f, "cannot start {}: {source}", program.display())
             }
+            Error::WorkingDirectory { path, source } => write!(
+                f,
+                "cannot start the new generation: working directory {}: {source}",
+                path.display()
+            ),
+            Error::NothingToListenOn => {
+                f.write_str("nothing to listen on: no address configured and no socket inherited")
+            }
+            Error::Config { setting, reason } => write!(f, "{setting}: {reason}"),
             Error::ChildExited { pid, status } => {
                 write!(
                     f,
                     "new process {pid} ended ({status}) before it reported ready"
                 )
+            }
+            Error::NotReady { pid, reason } => {
+                write!(f, "new process {pid} is not ready: {reason}")
             }
             Error::ReadyTimeout { pid, timeout } => {
                 write!(
@@ -124,6 +160,7 @@ impl std::error::Error for Error {
             Error::Bind { source, .. }
             | Error::PidFile { source, .. }
             | Error::Spawn { source, .. }
+            | Error::WorkingDirectory { source, .. }
             | Error::Io { source, .. } => Some(source),
             _ => None,
         }
@@ -136,6 +173,7 @@ impl From<Error> for io::Error {
             Error::Bind { source, .. }
             | Error::PidFile { source, .. }
             | Error::Spawn { source, .. }
+            | Error::WorkingDirectory { source, .. }
             | Error::Io { source, .. } => source.kind(),
             Error::ReadyTimeout { .. } => io::ErrorKind::TimedOut,
             _ => io::ErrorKind::InvalidInput,

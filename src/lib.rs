@@ -18,7 +18,7 @@
 //!     .bind("127.0.0.1:8080")
 //!     .pid_file("app.pid")
 //!     .hammer_time(Duration::from_secs(30))
-//!     .configure(|server| server.workers(4))
+//!     .workers(4)
 //!     .run()
 //! }
 //! ```
@@ -30,7 +30,7 @@
 //! | signal | action |
 //! |---|---|
 //! | `SIGHUP` | upgrade: start the executable again with the sockets; once it reports ready, stop accepting and drain |
-//! | `SIGINT`, `SIGTERM` | graceful stop: stop accepting, finish in-flight requests, bounded by hammer time; a second one forces the close |
+//! | `SIGINT`, `SIGTERM`, `SIGQUIT` | graceful stop: stop accepting, finish in-flight requests, bounded by hammer time; a second one forces the close |
 //! | `SIGUSR2` | hammer time: close every connection now |
 //! | `SIGUSR1`, `SIGTSTP` | user hooks only (`SIGTSTP` does not stop the process) |
 //!
@@ -39,18 +39,25 @@
 //!
 //! # How an upgrade works
 //!
-//! 1. The old process spawns the executable resolved at start-up (same argv, working
-//!    directory and environment) with `std::process::Command`. The listening sockets become
-//!    fds 3.. as in systemd's socket passing (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`),
-//!    followed by the write end of a readiness pipe (`ACTIX_ENDLESS_READY_FD`).
-//! 2. The new process adopts the sockets (validating each) instead of binding, starts its
-//!    workers, writes the pid file, then writes one byte on the pipe.
+//! 1. The old process spawns the executable resolved at start-up (same argv, environment and
+//!    working directory, as the shell named it in `$PWD`, so a switched `current` link is
+//!    followed) with `std::process::Command`, in a process group of its own. The listening
+//!    sockets become fds 3.. as in systemd's socket passing (`LISTEN_FDS`, `LISTEN_PID`,
+//!    `LISTEN_FDNAMES`), followed by the write end of a readiness pipe
+//!    (`ACTIX_ENDLESS_READY_FD`).
+//! 2. The new process adopts the sockets (validating each) instead of binding, runs its
+//!    readiness gate ([`Endless::ready_when`]) if any, starts its workers, writes the pid file,
+//!    then writes one byte on the pipe.
 //! 3. The old process stops accepting; every response it still sends carries
 //!    `Connection: close`; once its connections are gone (or only idle ones are left, or hammer
-//!    time passes) it exits. If the new process dies while the old one drains, the old one
-//!    resumes accepting.
-//! 4. If the new process cannot start, exits, or stays silent past the upgrade timeout, it is
-//!    killed and reaped, and the old process serves on. A later `SIGHUP` can try again.
+//!    time passes) it exits. If the new process dies while it is still the newest serving
+//!    generation and the old one drains, the old one resumes accepting. A new process that
+//!    has itself handed over to a newer one, or was asked to stop, says so on the pipe first,
+//!    so the old one never comes back after an upgrade or a stop.
+//! 4. If the new process cannot start, exits, fails its readiness gate or stays silent past
+//!    the upgrade timeout, it gets `SIGTERM` and a second to end, then its whole process group
+//!    is killed and it is reaped; the old process rewrites the pid file and serves on. A later
+//!    `SIGHUP` can try again.
 //!
 //! The same code adopts sockets passed by systemd socket activation at first start.
 //!
@@ -77,26 +84,49 @@
 //! - In [`ProcessMode::Master`], a worker stopped directly (`SIGTERM` to the worker, not the
 //!   master) is restarted by the master like any worker that ended on its own; stop the
 //!   service through the master.
+//! - In [`ProcessMode::Reexec`], a new generation that dies right after it reported ready is
+//!   replaced by the old one only while the old one is still draining (usually a few
+//!   milliseconds after the hand-over, up to the longest request in flight); once the old
+//!   one has exited nobody serves, and a supervisor has to restart the service.
+//!   [`ProcessMode::Master`] restarts a worker that dies at any time.
+//! - A worker of a master gets `SIGTERM` when the master dies (`PR_SET_PDEATHSIG`), drains
+//!   and exits, so a restarted service can bind again; a worker only forwards an upgrade
+//!   request to its master while the master is still its parent.
 //! - HTTP/2 connections are drained like HTTP/1 ones, but `Connection: close` means nothing to
 //!   them: they close when idle or at hammer time.
 
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
 mod child;
-pub mod drain;
+mod config;
+mod decide;
+mod drain;
 mod error;
+mod event;
 mod hooks;
-pub mod listeners;
+mod listeners;
 mod master;
 mod notify;
 mod pidfile;
+mod reexec;
+mod report;
 mod runtime;
+mod server;
 mod signals;
 mod sys;
 
-pub use builder::{AppFactory, Endless, HammerTime, Handle};
+pub use builder::{Endless, Handle};
+pub use config::{HammerTime, ProcessMode};
 pub use error::{Error, Result};
 pub use hooks::{HookStage, ServingEvent, SignalEvent, UpgradeEvent};
-pub use runtime::{generation, ProcessMode};
+pub use runtime::generation;
+pub use server::AppFactory;
 pub use signals::Signal;
+
+/// Types that appear in public signatures but are rarely named by users, like actix-web's
+/// `dev` module: the server type [`Endless::configure`] hands over and what it is made of.
+pub mod dev {
+    pub use crate::drain::{Counted, CountedBody, DrainApp, DrainService, Server};
+}

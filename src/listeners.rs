@@ -27,17 +27,17 @@ use crate::error::{Error, Result};
 use crate::sys::{self, ListenerFamily};
 
 /// systemd: the pid the passed descriptors are meant for.
-pub const LISTEN_PID: &str = "LISTEN_PID";
+pub(crate) const LISTEN_PID: &str = "LISTEN_PID";
 /// systemd: how many descriptors are passed, from fd 3 on.
-pub const LISTEN_FDS: &str = "LISTEN_FDS";
+pub(crate) const LISTEN_FDS: &str = "LISTEN_FDS";
 /// systemd: the `:`-separated names of the passed descriptors.
-pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
+pub(crate) const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 /// This crate: the descriptor on which a new generation reports ready.
-pub const READY_FD: &str = "ACTIX_ENDLESS_READY_FD";
+pub(crate) const READY_FD: &str = "ACTIX_ENDLESS_READY_FD";
 /// This crate: the generation number of the new process.
-pub const GENERATION: &str = "ACTIX_ENDLESS_GENERATION";
+pub(crate) const GENERATION: &str = "ACTIX_ENDLESS_GENERATION";
 /// This crate: the pid of the master process, for a worker in stable-pid mode.
-pub const MASTER_PID: &str = "ACTIX_ENDLESS_MASTER_PID";
+pub(crate) const MASTER_PID: &str = "ACTIX_ENDLESS_MASTER_PID";
 
 /// The first descriptor number of the protocol.
 const FIRST_FD: RawFd = 3;
@@ -46,7 +46,7 @@ const MAX_FDS: usize = 4096;
 
 /// The raw values of the inheritance variables, as found in the environment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct InheritEnv {
+pub(crate) struct InheritEnv {
     /// `LISTEN_PID`.
     pub listen_pid: Option<String>,
     /// `LISTEN_FDS`.
@@ -64,7 +64,7 @@ pub struct InheritEnv {
 impl InheritEnv {
     /// Reads the variables from this process's environment (non-UTF-8 values are kept lossily,
     /// so they fail parsing with a clear message instead of being skipped).
-    pub fn from_process() -> Self {
+    pub(crate) fn from_process() -> Self {
         let var = |name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
         InheritEnv {
             listen_pid: var(LISTEN_PID),
@@ -79,7 +79,7 @@ impl InheritEnv {
 
 /// What the variables say, before any descriptor is looked at.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InheritPlan {
+pub(crate) struct InheritPlan {
     /// The passed listener descriptors and their names, in order.
     pub listeners: Vec<(RawFd, String)>,
     /// The readiness pipe, on an upgrade.
@@ -95,7 +95,7 @@ pub struct InheritPlan {
 /// Variables meant for another pid (or with no `LISTEN_PID` at all) are ignored, as systemd
 /// specifies, and the result is a plain first start. Values that are meant for us but malformed
 /// are an [`Error::Env`] that names the variable.
-pub fn parse(env: &InheritEnv, my_pid: u32) -> Result<InheritPlan> {
+pub(crate) fn parse(env: &InheritEnv, my_pid: u32) -> Result<InheritPlan> {
     let fresh = InheritPlan {
         listeners: Vec::new(),
         ready_fd: None,
@@ -170,6 +170,13 @@ pub fn parse(env: &InheritEnv, my_pid: u32) -> Result<InheritPlan> {
                     GENERATION,
                     text,
                     "generations are numbered from 1".to_owned(),
+                ));
+            }
+            if generation == u64::MAX {
+                return Err(env_error(
+                    GENERATION,
+                    text,
+                    "is the last generation number: this one could not be upgraded".to_owned(),
                 ));
             }
             generation

@@ -8,46 +8,48 @@
 //! | signal to the master | effect |
 //! |---|---|
 //! | `SIGHUP` | start a new worker; once it is ready, `SIGTERM` the old one (it drains) |
-//! | `SIGINT`, `SIGTERM` | `SIGTERM` the worker (it drains), then exit with its status; a second one forces |
+//! | `SIGINT`, `SIGTERM`, `SIGQUIT` | `SIGTERM` the worker (it drains), then exit with its status; a second one forces |
 //! | `SIGUSR2` | `SIGUSR2` every worker (forced close), then exit |
 //! | `SIGUSR1`, `SIGTSTP` | the master's hooks, then forwarded to the worker's hooks |
 //!
 //! A worker that dies unexpectedly is restarted with exponential back-off. The master reaps
-//! every child, orphans included, so it can run as a container's PID 1.
+//! every child, orphans included, so it can run as a container's PID 1. It is event driven:
+//! child exits arrive as `SIGCHLD`, and it sleeps unless a restart is scheduled.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
-use log::{error, info, warn};
-use nix::sys::signal::{kill, Signal as NixSignal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
+use log::{debug, error, info, warn};
 
-use crate::child::{self, Executable, Readiness};
+use crate::child::{self, Executable, News, Process, Role};
+use crate::config::Settings;
+use crate::decide::{self, MIN_BACKOFF};
 use crate::error::{Error, Result};
-use crate::hooks::{run_guarded, HookStage, Hooks, ServingEvent, UpgradeEvent};
-use crate::listeners::{Listener, Socket};
-use crate::notify::{self, Notifier};
-use crate::pidfile;
-use crate::runtime::{Event, Settings};
+use crate::event::Event;
+use crate::listeners::Listener;
+use crate::notify;
+use crate::report::{self, Reporter, SocketFiles};
 use crate::signals::{Action, Signal};
+use crate::sys::{self, Exit, OsSignal};
 
-/// How often the master reaps children and checks its timers.
-const TICK: Duration = Duration::from_millis(20);
-/// The first restart delay after a worker died; it doubles up to [`MAX_BACKOFF`].
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// How long a worker that closed its readiness pipe has to exit before it is killed.
+/// How long a worker that is given up on has to end by itself before its group is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(1);
-/// A worker that served this long before dying resets the back-off.
-const STABLE_AFTER: Duration = Duration::from_secs(10);
 
-/// A worker process.
+/// A worker process and when it started.
 #[derive(Debug, Clone, Copy)]
 struct Worker {
-    pid: u32,
-    generation: u64,
+    process: Process,
     since: Instant,
+}
+
+/// A worker started but not ready yet.
+#[derive(Debug)]
+struct Starting {
+    worker: Worker,
+    /// The signal that asked for it, whose post hooks run when it is ready or failed.
+    signal: Option<Signal>,
+    /// How it ended, if its exit was reaped before its readiness pipe told.
+    exited: Option<Exit>,
 }
 
 /// How the master is stopping.
@@ -57,482 +59,538 @@ enum Stop {
     Forced,
 }
 
+/// Where the master is.
+#[derive(Debug)]
+enum Phase {
+    /// The first worker is starting: if it fails, the service fails.
+    FirstStart(Starting),
+    /// A worker serves; a new one may be starting (an upgrade).
+    Running {
+        current: Worker,
+        next: Option<Starting>,
+    },
+    /// No worker serves (the last one died); a new one starts at `restart_at`.
+    Down { restart_at: Instant },
+    /// No worker serves; a replacement is starting.
+    Replacing(Starting),
+    /// Stopping: waiting for the workers to exit.
+    Stopping { how: Stop, current: Option<Worker> },
+}
+
+/// The stable-pid master: owns the workers, the sockets and the service's exit status.
 pub(crate) struct Master {
-    pid: u32,
+    reporter: Reporter,
     settings: Settings,
-    hooks: Hooks,
     exe: Executable,
     listeners: Vec<Listener>,
-    notifier: Option<Notifier>,
+    socket_files: SocketFiles,
     tx: Sender<Event>,
-    /// The worker that serves.
-    current: Option<Worker>,
-    /// A worker started but not ready yet, and the signal that asked for it.
-    next: Option<(Worker, Option<Signal>)>,
     /// Old workers told to drain.
     draining: Vec<Worker>,
     last_generation: u64,
-    stop: Option<Stop>,
-    final_signals: Vec<Signal>,
-    /// When to start a replacement for a worker that died, and the delay used.
-    restart_at: Option<Instant>,
     backoff: Duration,
-    /// How the last serving worker ended, once stopping.
-    exit: Option<WaitStatus>,
-    /// Whether any worker has reported ready: a first worker that fails ends the service.
+    /// Whether any worker has reported ready (the pid file is written then).
     ever_ready: bool,
+    /// How the last serving worker ended, once stopping.
+    exit: Option<(u32, Exit)>,
     /// Why the service could not start.
-    failure: Option<String>,
+    failure: Option<Error>,
 }
 
 impl Master {
     pub(crate) fn new(
+        reporter: Reporter,
         settings: Settings,
-        hooks: Hooks,
         exe: Executable,
         listeners: Vec<Listener>,
-        notifier: Option<Notifier>,
         tx: Sender<Event>,
     ) -> Master {
         Master {
-            pid: std::process::id(),
+            reporter,
             settings,
-            hooks,
             exe,
+            socket_files: SocketFiles::record(&listeners),
             listeners,
-            notifier,
             tx,
-            current: None,
-            next: None,
             draining: Vec::new(),
             last_generation: 0,
-            stop: None,
-            final_signals: Vec::new(),
-            restart_at: None,
             backoff: MIN_BACKOFF,
-            exit: None,
             ever_ready: false,
+            exit: None,
             failure: None,
         }
     }
 
     /// Runs until the service is stopped; returns an error if the last worker failed.
     pub(crate) fn run(mut self, rx: Receiver<Event>) -> Result<()> {
-        let shown: Vec<String> = self
-            .listeners
-            .iter()
-            .map(|l| l.socket.to_string())
-            .collect();
+        let who = self.reporter.who;
         info!(
-            "master pid {}: holding {} and starting the first worker",
-            self.pid,
-            shown.join(", ")
+            "{who}: holding {} and starting the first worker",
+            report::shown(&self.listeners)
         );
         // Orphaned descendants (a worker's children) are reparented to us and reaped below,
         // whether or not this process is PID 1.
-        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-            warn!(
-                "master pid {}: cannot become a child subreaper: {e}",
-                self.pid
-            );
+        if let Err(e) = sys::become_child_subreaper() {
+            warn!("{who}: cannot become a child subreaper: {e}");
         }
-        self.start_worker(None);
-        loop {
-            match rx.recv_timeout(TICK) {
-                Ok(Event::Signal(signal)) => self.on_signal(signal),
-                Ok(Event::Command(action)) => self.act(action, None),
-                Ok(Event::Readiness { pid, readiness }) => self.on_readiness(pid, readiness),
-                Ok(Event::Serving | Event::ServerStopped) => {}
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+        let mut phase = match self.start_worker(None) {
+            Ok(starting) => Phase::FirstStart(starting),
+            Err((worker, error)) => self.worker_failed(None, worker, error, None),
+        };
+        // Children that ended before the signal handler was installed.
+        phase = self.reap(phase);
+        while !self.finished(&phase) {
+            let event = match &phase {
+                Phase::Down { restart_at } => {
+                    match rx.recv_timeout(restart_at.saturating_duration_since(Instant::now())) {
+                        Ok(event) => Some(event),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                _ => match rx.recv() {
+                    Ok(event) => Some(event),
+                    Err(_) => break,
+                },
+            };
+            if let Some(event) = event {
+                phase = self.on_event(phase, event);
             }
-            self.reap();
-            if self.stop.is_none() && self.restart_at.is_some_and(|at| Instant::now() >= at) {
-                self.restart_at = None;
-                self.start_worker(None);
-            }
-            if self.stop.is_some()
-                && self.current.is_none()
-                && self.next.is_none()
-                && self.draining.is_empty()
-            {
-                break;
-            }
-        }
-        for signal in &self.final_signals {
-            self.hooks
-                .run_signal(HookStage::Post.event(*signal, self.pid, 0));
-        }
-        if let Some(path) = &self.settings.pid_file {
-            match pidfile::remove_if_ours(path, self.pid) {
-                Ok(true) => info!(
-                    "master pid {}: removed pid file {}",
-                    self.pid,
-                    path.display()
-                ),
-                Ok(false) => {}
-                Err(e) => warn!("master pid {}: {e}", self.pid),
+            if let Phase::Down { restart_at } = phase {
+                if Instant::now() >= restart_at {
+                    phase = self.restart();
+                }
             }
         }
-        info!("master pid {}: exiting", self.pid);
+        self.reporter.finish();
         if let Some(failure) = self.failure {
-            return Err(Error::Io {
-                context: "starting the first worker",
-                source: std::io::Error::other(failure),
-            });
+            return Err(failure);
         }
         match self.exit {
-            Some(WaitStatus::Exited(_, 0)) | None => Ok(()),
-            Some(status) => Err(Error::ChildExited {
-                pid: status.pid().map_or(0, |p| p.as_raw() as u32),
-                status: describe(status),
+            None => Ok(()),
+            Some((_, exit)) if exit.success() => Ok(()),
+            Some((pid, exit)) => Err(Error::ChildExited {
+                pid,
+                status: exit.to_string(),
             }),
         }
     }
 
-    fn notify(&self, lines: &[&str]) {
-        if let Some(notifier) = &self.notifier {
-            if let Err(e) = notifier.send(lines) {
-                warn!("master pid {}: cannot notify systemd: {e}", self.pid);
+    fn finished(&self, phase: &Phase) -> bool {
+        matches!(phase, Phase::Stopping { current: None, .. }) && self.draining.is_empty()
+    }
+
+    fn on_event(&mut self, phase: Phase, event: Event) -> Phase {
+        match event {
+            Event::Signal(signal) => {
+                self.reporter.pre(signal);
+                self.act(phase, signal.action(), Some(signal))
             }
+            Event::Command(action) => self.act(phase, action, None),
+            Event::Child { pid, news } => self.on_news(phase, pid, news),
+            Event::ChildEnded => self.reap(phase),
+            Event::Serving | Event::ServerStopped | Event::ParentGone => phase,
         }
     }
 
-    fn on_signal(&mut self, signal: Signal) {
-        info!("master pid {}: {signal} received", self.pid);
-        self.hooks
-            .run_signal(HookStage::Pre.event(signal, self.pid, 0));
-        self.act(signal.action(), Some(signal));
-    }
-
-    fn post(&self, signal: Option<Signal>) {
-        if let Some(signal) = signal {
-            self.hooks
-                .run_signal(HookStage::Post.event(signal, self.pid, 0));
-        }
-    }
-
-    fn act(&mut self, action: Action, signal: Option<Signal>) {
+    fn act(&mut self, phase: Phase, action: Action, signal: Option<Signal>) -> Phase {
+        let who = self.reporter.who;
         match action {
-            Action::Upgrade => {
-                if self.stop.is_some() {
-                    info!("master pid {}: upgrade ignored: stopping", self.pid);
-                    self.post(signal);
-                } else if self.next.is_some() {
-                    info!(
-                        "master pid {}: upgrade ignored: a new worker is starting",
-                        self.pid
-                    );
-                    self.post(signal);
-                } else {
-                    self.notify(&[
+            Action::Upgrade => match phase {
+                Phase::Running {
+                    current,
+                    next: None,
+                } => {
+                    self.socket_files.warn_changes(&who);
+                    self.reporter.notify(&[
                         "RELOADING=1",
                         &notify::monotonic_usec(),
                         "STATUS=starting a new worker",
                     ]);
-                    self.start_worker(signal);
+                    match self.start_worker(signal) {
+                        Ok(next) => Phase::Running {
+                            current,
+                            next: Some(next),
+                        },
+                        Err((worker, error)) => {
+                            self.worker_failed(Some(current), worker, error, signal)
+                        }
+                    }
                 }
-            }
+                Phase::Down { .. } => {
+                    info!("{who}: upgrade requested while no worker serves: starting one now");
+                    self.reporter.post(signal);
+                    self.restart()
+                }
+                other => {
+                    let why = match other {
+                        Phase::Stopping { .. } => "stopping",
+                        _ => "a new worker is starting",
+                    };
+                    info!("{who}: upgrade ignored: {why}");
+                    self.reporter.post(signal);
+                    other
+                }
+            },
             Action::GracefulStop => {
-                self.final_signals.extend(signal);
-                self.stop_graceful();
+                self.reporter.post_at_exit(signal);
+                match phase {
+                    Phase::Stopping { .. } => {
+                        info!("{who}: second stop request: forcing the workers closed");
+                        self.stop_forced(phase)
+                    }
+                    other => {
+                        info!("{who}: graceful stop: draining the workers");
+                        self.reporter
+                            .notify(&["STOPPING=1", "STATUS=stopping: draining the workers"]);
+                        let current = self.abandon_next(other);
+                        if let Some(worker) = current {
+                            worker.process.signal(OsSignal::SIGTERM);
+                        }
+                        Phase::Stopping {
+                            how: Stop::Graceful,
+                            current,
+                        }
+                    }
+                }
             }
             Action::ForceStop => {
-                self.final_signals.extend(signal);
-                self.stop_forced();
+                self.reporter.post_at_exit(signal);
+                self.stop_forced(phase)
             }
             Action::HooksOnly => {
-                if let (Some(signal), Some(worker)) = (signal, self.current) {
-                    send(worker.pid, signal.number());
+                let current = match &phase {
+                    Phase::Running { current, .. } => Some(*current),
+                    Phase::Stopping { current, .. } => *current,
+                    _ => None,
+                };
+                if let (Some(signal), Some(worker)) = (signal, current) {
+                    if let Ok(os) = OsSignal::try_from(signal.number()) {
+                        worker.process.signal(os);
+                    }
                 }
-                self.post(signal);
+                self.reporter.post(signal);
+                phase
             }
         }
     }
 
-    fn start_worker(&mut self, signal: Option<Signal>) {
-        let generation = self.last_generation + 1;
-        let spawned = match child::spawn(&self.exe, &self.listeners, generation, Some(self.pid)) {
-            Ok(spawned) => spawned,
-            Err(e) => return self.worker_failed(None, e, signal),
-        };
-        self.last_generation = generation;
-        let pid = spawned.child.id();
-        // The master reaps with waitpid(-1) (it may be PID 1), so it tracks pids, not `Child`.
-        drop(spawned.child);
-        let timeout = self.settings.upgrade_timeout;
-        info!("master pid {}: worker generation {generation} started as pid {pid}; waiting up to {timeout:?} for it to report ready", self.pid);
-        let worker = Worker {
-            pid,
-            generation,
-            since: Instant::now(),
-        };
-        self.next = Some((worker, signal));
-        if let Err(e) = child::watch(spawned.ready, pid, timeout, self.tx.clone()) {
-            self.next = None;
-            send(pid, libc::SIGKILL);
-            self.worker_failed(
-                Some(worker),
-                Error::io("starting the readiness watcher")(e),
-                signal,
-            );
+    fn stop_forced(&mut self, phase: Phase) -> Phase {
+        self.reporter
+            .notify(&["STOPPING=1", "STATUS=stopping: closing every connection"]);
+        let current = self.abandon_next(phase);
+        for worker in current.iter().chain(&self.draining) {
+            worker.process.signal(OsSignal::SIGUSR2);
+        }
+        Phase::Stopping {
+            how: Stop::Forced,
+            current,
         }
     }
 
-    /// A new worker could not start; the old one (if any) serves on.
-    fn worker_failed(&mut self, worker: Option<Worker>, error: Error, signal: Option<Signal>) {
-        let what = worker.map_or_else(
-            || "a new worker".to_owned(),
-            |w| format!("worker generation {} (pid {})", w.generation, w.pid),
-        );
-        match self.current {
-            Some(current) => error!(
-                "master pid {}: upgrade failed: {what}: {error}; worker generation {} (pid {}) keeps serving",
-                self.pid, current.generation, current.pid
-            ),
+    /// Gives up on a worker that is starting, if any; returns the worker that serves.
+    fn abandon_next(&mut self, phase: Phase) -> Option<Worker> {
+        let (current, next) = match phase {
+            Phase::FirstStart(next) | Phase::Replacing(next) => (None, Some(next)),
+            Phase::Running { current, next } => (Some(current), next),
+            Phase::Down { .. } => (None, None),
+            Phase::Stopping { current, .. } => (current, None),
+        };
+        if let Some(next) = next {
+            self.give_up(&next, "that was starting", Some(OsSignal::SIGTERM));
+            self.reporter.post(next.signal);
+        }
+        current
+    }
+
+    /// Starts the next worker.
+    fn start_worker(
+        &mut self,
+        signal: Option<Signal>,
+    ) -> Result<Starting, (Option<Worker>, Error)> {
+        let who = self.reporter.who;
+        let generation = self.last_generation + 1;
+        let role = Role::Worker { master: who.pid };
+        let spawned =
+            child::spawn(&self.exe, &self.listeners, generation, role).map_err(|e| (None, e))?;
+        self.last_generation = generation;
+        let process = spawned.process;
+        let timeout = self.settings.upgrade_timeout;
+        info!("{who}: worker generation {generation} started as pid {}; waiting up to {timeout:?} for it to report ready", process.pid);
+        let starting = Starting {
+            worker: Worker {
+                process,
+                since: Instant::now(),
+            },
+            signal,
+            exited: None,
+        };
+        let tx = self.tx.clone();
+        let pid = process.pid;
+        let watched = child::watch(spawned.ready, timeout, move |news| {
+            let _ = tx.send(Event::Child { pid, news });
+        });
+        if let Err(e) = watched {
+            self.give_up(&starting, "no thread to watch its readiness", None);
+            return Err((
+                Some(starting.worker),
+                Error::io("starting the readiness watcher")(e),
+            ));
+        }
+        Ok(starting)
+    }
+
+    /// Starts a worker while none serves.
+    fn restart(&mut self) -> Phase {
+        match self.start_worker(None) {
+            Ok(starting) => Phase::Replacing(starting),
+            Err((worker, error)) => self.worker_failed(None, worker, error, None),
+        }
+    }
+
+    /// A new worker could not start; `current` (if any) serves on.
+    fn worker_failed(
+        &mut self,
+        current: Option<Worker>,
+        worker: Option<Worker>,
+        error: Error,
+        signal: Option<Signal>,
+    ) -> Phase {
+        let who = self.reporter.who;
+        let what = worker.map_or_else(|| "a new worker".to_owned(), |w| describe(&w));
+        let phase = match current {
+            Some(current) => {
+                error!(
+                    "{who}: upgrade failed: {what}: {error}; {} keeps serving",
+                    describe(&current)
+                );
+                Phase::Running {
+                    current,
+                    next: None,
+                }
+            }
             None if !self.ever_ready => {
-                error!("master pid {}: the first worker failed: {what}: {error}; exiting", self.pid);
-                self.stop = Some(Stop::Forced);
-                self.failure = Some(error.to_string());
+                error!("{who}: the first worker failed: {what}: {error}; exiting");
+                Phase::Stopping {
+                    how: Stop::Forced,
+                    current: None,
+                }
             }
             None => {
-                error!("master pid {}: {what} failed: {error}; retrying in {:?}", self.pid, self.backoff);
-                self.schedule_restart();
+                let (delay, backoff) = decide::restart_delay(self.backoff, None);
+                self.backoff = backoff;
+                error!("{who}: {what} failed: {error}; retrying in {delay:?}");
+                Phase::Down {
+                    restart_at: Instant::now() + delay,
+                }
             }
-        }
-        self.notify(&["READY=1", &format!("STATUS=worker start failed: {error}")]);
-        for hook in &self.hooks.upgrade_failed {
-            run_guarded("upgrade-failed", || hook(&error));
-        }
-        self.post(signal);
-    }
-
-    fn schedule_restart(&mut self) {
-        self.restart_at = Some(Instant::now() + self.backoff);
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-    }
-
-    fn on_readiness(&mut self, pid: u32, readiness: Readiness) {
-        let Some((worker, signal)) = self.next.filter(|(w, _)| w.pid == pid) else {
-            return;
         };
-        self.next = None;
-        let error = match readiness {
-            Readiness::Ready => return self.promote(worker, signal),
+        self.reporter
+            .upgrade_failed(&error, &format!("worker start failed: {error}"));
+        self.reporter.post(signal);
+        if current.is_none() && !self.ever_ready {
+            self.failure = Some(error);
+        }
+        phase
+    }
+
+    fn on_news(&mut self, phase: Phase, pid: u32, news: News) -> Phase {
+        let (current, starting) = match phase {
+            Phase::FirstStart(next) | Phase::Replacing(next) if next.worker.process.pid == pid => {
+                (None, next)
+            }
+            Phase::Running {
+                current,
+                next: Some(next),
+            } if next.worker.process.pid == pid => (Some(current), next),
+            // After `Ready` a worker's pipe only says that it drains or died, which the
+            // master learns from the stop it asked for and from `SIGCHLD`.
+            other => return other,
+        };
+        let error = match news {
+            News::Ready => return self.promote(current, starting),
             // It is usually exiting: give it a moment, so its own status is what we report.
-            Readiness::Closed => Error::ChildExited {
-                pid,
-                status: reap_within(pid, EXIT_GRACE)
-                    .map_or_else(|| "closed the readiness pipe".to_owned(), describe),
-            },
-            Readiness::TimedOut => Error::ReadyTimeout {
-                pid,
-                timeout: self.settings.upgrade_timeout,
-            },
-            Readiness::Failed(source) => Error::Io {
-                context: "reading the readiness pipe",
-                source,
-            },
+            News::Closed => {
+                let status = match starting.exited {
+                    Some(exit) => Some(exit),
+                    None => starting.worker.process.abandon(None, EXIT_GRACE),
+                };
+                Error::ChildExited {
+                    pid,
+                    status: status
+                        .map_or_else(|| "closed the readiness pipe".to_owned(), |e| e.to_string()),
+                }
+            }
+            News::TimedOut => {
+                self.give_up(
+                    &starting,
+                    "it did not report ready in time",
+                    Some(OsSignal::SIGTERM),
+                );
+                Error::ReadyTimeout {
+                    pid,
+                    timeout: self.settings.upgrade_timeout,
+                }
+            }
+            News::Failed(source) => {
+                self.give_up(
+                    &starting,
+                    "its readiness pipe failed",
+                    Some(OsSignal::SIGTERM),
+                );
+                Error::Io {
+                    context: "reading the readiness pipe",
+                    source,
+                }
+            }
+            News::Refused(reason) => {
+                self.give_up(&starting, "its readiness gate failed", None);
+                Error::NotReady { pid, reason }
+            }
+            other @ (News::Resigned | News::Died) => {
+                self.give_up(
+                    &starting,
+                    "its readiness pipe failed",
+                    Some(OsSignal::SIGTERM),
+                );
+                Error::Io {
+                    context: "reading the readiness pipe",
+                    source: std::io::Error::other(format!("{other:?} before ready")),
+                }
+            }
         };
-        // It will not serve: make sure it is gone; `reap` collects it.
-        send(pid, libc::SIGKILL);
-        self.worker_failed(Some(worker), error, signal);
+        self.worker_failed(current, Some(starting.worker), error, starting.signal)
+    }
+
+    /// Gives up on a starting worker: kills its process group and reaps it (unless its exit
+    /// was reaped already).
+    fn give_up(&self, starting: &Starting, why: &str, first: Option<OsSignal>) {
+        let worker = &starting.worker;
+        let status = match starting.exited {
+            Some(exit) => Some(exit),
+            None => worker.process.abandon(first, EXIT_GRACE),
+        };
+        warn!(
+            "{}: abandoning {} {why}: {}",
+            self.reporter.who,
+            describe(worker),
+            status.map_or_else(|| "not reaped".to_owned(), |e| e.to_string())
+        );
     }
 
     /// A new worker is ready: it becomes the current one and the old one drains.
-    fn promote(&mut self, worker: Worker, signal: Option<Signal>) {
-        let pid = self.pid;
+    fn promote(&mut self, current: Option<Worker>, starting: Starting) -> Phase {
+        let who = self.reporter.who;
+        let worker = starting.worker;
         info!(
-            "master pid {pid}: worker generation {} (pid {}) is ready after {:?}",
-            worker.generation,
-            worker.pid,
+            "{who}: {} is ready after {:?}",
+            describe(&worker),
             worker.since.elapsed()
         );
         if !self.ever_ready {
-            if let Some(path) = &self.settings.pid_file {
-                if let Err(e) = pidfile::write(path, pid) {
-                    error!("master pid {pid}: {e}");
-                }
-            }
+            self.reporter.rewrite_pid_file();
             self.ever_ready = true;
         }
-        if let Some(old) = self.current.replace(worker) {
-            info!(
-                "master pid {pid}: telling worker generation {} (pid {}) to drain",
-                old.generation, old.pid
-            );
-            send(old.pid, libc::SIGTERM);
+        if let Some(old) = current {
+            info!("{who}: telling {} to drain", describe(&old));
+            old.process.signal(OsSignal::SIGTERM);
             self.draining.push(old);
-            let event = UpgradeEvent {
-                pid,
-                new_pid: worker.pid,
-                new_generation: worker.generation,
-            };
-            for hook in &self.hooks.upgrade_ready {
-                run_guarded("upgrade-ready", || hook(&event));
-            }
+            self.reporter
+                .upgrade_ready(worker.process.pid, worker.process.generation);
         }
-        self.notify(&[
-            &format!("MAINPID={pid}"),
-            "READY=1",
-            &format!(
-                "STATUS=worker generation {} (pid {}) serving",
-                worker.generation, worker.pid
-            ),
-        ]);
-        let event = ServingEvent {
-            pid,
-            generation: worker.generation,
-            addrs: self
-                .listeners
-                .iter()
-                .filter_map(|l| match &l.socket {
-                    Socket::Tcp(t) => t.local_addr().ok(),
-                    Socket::Unix(_) => None,
-                })
-                .collect(),
-        };
-        for hook in &self.hooks.serving {
-            run_guarded("serving", || hook(&event));
-        }
-        self.post(signal);
-        if self.stop.is_some() {
-            // A stop arrived while it started: it drains like the others.
-            self.stop_worker(worker, Stop::Graceful);
-        }
-    }
-
-    fn stop_graceful(&mut self) {
-        let pid = self.pid;
-        match self.stop {
-            Some(_) => {
-                info!("master pid {pid}: second stop request: forcing the workers closed");
-                self.stop_forced();
-            }
-            None => {
-                info!("master pid {pid}: graceful stop: draining the workers");
-                self.notify(&["STOPPING=1", "STATUS=stopping: draining the workers"]);
-                self.stop = Some(Stop::Graceful);
-                self.abandon_next();
-                if let Some(worker) = self.current {
-                    self.stop_worker(worker, Stop::Graceful);
-                }
-            }
-        }
-    }
-
-    fn stop_forced(&mut self) {
-        self.notify(&["STOPPING=1", "STATUS=stopping: closing every connection"]);
-        self.stop = Some(Stop::Forced);
-        self.abandon_next();
-        let workers: Vec<Worker> = self.current.iter().chain(&self.draining).copied().collect();
-        for worker in workers {
-            self.stop_worker(worker, Stop::Forced);
-        }
-    }
-
-    fn stop_worker(&self, worker: Worker, how: Stop) {
-        let signal = match how {
-            Stop::Graceful => libc::SIGTERM,
-            Stop::Forced => libc::SIGUSR2,
-        };
-        send(worker.pid, signal);
-    }
-
-    fn abandon_next(&mut self) {
-        if let Some((worker, signal)) = self.next.take() {
-            warn!(
-                "master pid {}: abandoning worker generation {} (pid {}) that was starting",
-                self.pid, worker.generation, worker.pid
-            );
-            send(worker.pid, libc::SIGKILL);
-            self.post(signal);
+        self.reporter.serving(
+            worker.process.generation,
+            &self.listeners,
+            &format!("{} serving", describe(&worker)),
+        );
+        self.reporter.post(starting.signal);
+        Phase::Running {
+            current: worker,
+            next: None,
         }
     }
 
     /// Collects every child that has ended, workers and orphans alike.
-    fn reap(&mut self) {
-        loop {
-            let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
-                Ok(status) => status,
-            };
-            let Some(pid) = status.pid().map(|p| p.as_raw() as u32) else {
-                return;
-            };
-            if !matches!(status, WaitStatus::Exited(..) | WaitStatus::Signaled(..)) {
-                continue;
-            }
-            self.on_exit(pid, status);
+    fn reap(&mut self, mut phase: Phase) -> Phase {
+        while let Some((pid, exit)) = sys::reap_any() {
+            phase = self.on_exit(phase, pid, exit);
         }
+        phase
     }
 
-    fn on_exit(&mut self, pid: u32, status: WaitStatus) {
-        let me = self.pid;
-        let how = describe(status);
-        if let Some(i) = self.draining.iter().position(|w| w.pid == pid) {
+    fn on_exit(&mut self, phase: Phase, pid: u32, exit: Exit) -> Phase {
+        let who = self.reporter.who;
+        if let Some(i) = self.draining.iter().position(|w| w.process.pid == pid) {
             let worker = self.draining.remove(i);
-            info!(
-                "master pid {me}: worker generation {} (pid {pid}) finished draining: {how}",
-                worker.generation
-            );
-        } else if self.next.is_some_and(|(w, _)| w.pid == pid) {
-            // The readiness watcher reports the failure (end of file on the pipe).
-            info!("master pid {me}: starting worker pid {pid} ended: {how}");
-        } else if let Some(worker) = self.current.filter(|w| w.pid == pid) {
-            self.current = None;
-            if self.stop.is_some() {
-                info!(
-                    "master pid {me}: worker generation {} (pid {pid}) stopped: {how}",
-                    worker.generation
-                );
-                self.exit = Some(status);
-            } else {
-                if worker.since.elapsed() >= STABLE_AFTER {
-                    self.backoff = MIN_BACKOFF;
+            info!("{who}: {} finished draining: {exit}", describe(&worker));
+            return phase;
+        }
+        match phase {
+            Phase::FirstStart(mut next) | Phase::Replacing(mut next)
+                if next.worker.process.pid == pid =>
+            {
+                // The readiness watcher reports the failure (end of file on the pipe).
+                info!("{who}: starting worker pid {pid} ended: {exit}");
+                next.exited = Some(exit);
+                if self.ever_ready {
+                    Phase::Replacing(next)
+                } else {
+                    Phase::FirstStart(next)
                 }
-                error!(
-                    "master pid {me}: worker generation {} (pid {pid}) died unexpectedly ({how}); starting another in {:?}",
-                    worker.generation, self.backoff
-                );
-                self.notify(&[&format!("STATUS=worker died ({how}); restarting")]);
-                self.schedule_restart();
             }
-        } else {
-            log::debug!("master pid {me}: reaped orphan pid {pid}: {how}");
+            Phase::Running {
+                current,
+                next: Some(mut next),
+            } if next.worker.process.pid == pid => {
+                info!("{who}: starting worker pid {pid} ended: {exit}");
+                next.exited = Some(exit);
+                Phase::Running {
+                    current,
+                    next: Some(next),
+                }
+            }
+            Phase::Stopping {
+                how,
+                current: Some(current),
+            } if current.process.pid == pid => {
+                info!("{who}: {} stopped: {exit}", describe(&current));
+                self.exit = Some((pid, exit));
+                let _ = how;
+                Phase::Stopping { how, current: None }
+            }
+            Phase::Running { current, next } if current.process.pid == pid => {
+                let served = current.since.elapsed();
+                let (delay, backoff) = decide::restart_delay(self.backoff, Some(served));
+                self.backoff = backoff;
+                self.reporter
+                    .notify(&[&format!("STATUS=worker died ({exit}); restarting")]);
+                match next {
+                    Some(next) => {
+                        error!("{who}: {} died unexpectedly ({exit}); the worker that is starting replaces it", describe(&current));
+                        Phase::Replacing(next)
+                    }
+                    None => {
+                        error!(
+                            "{who}: {} died unexpectedly ({exit}); starting another in {delay:?}",
+                            describe(&current)
+                        );
+                        Phase::Down {
+                            restart_at: Instant::now() + delay,
+                        }
+                    }
+                }
+            }
+            other => {
+                debug!("{who}: reaped orphan pid {pid}: {exit}");
+                other
+            }
         }
     }
 }
 
-/// Waits up to `grace` for the child `pid` to end and reaps it.
-fn reap_within(pid: u32, grace: Duration) -> Option<WaitStatus> {
-    let deadline = Instant::now() + grace;
-    loop {
-        match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
-            Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
-                return Some(status)
-            }
-            Ok(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            _ => return None,
-        }
-    }
-}
-
-/// Sends a signal to a pid, logging failures other than "already gone".
-fn send(pid: u32, signal: i32) {
-    let Ok(signal) = NixSignal::try_from(signal) else {
-        return;
-    };
-    match kill(Pid::from_raw(pid as i32), signal) {
-        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-        Err(e) => warn!("cannot send {signal} to pid {pid}: {e}"),
-    }
-}
-
-fn describe(status: WaitStatus) -> String {
-    match status {
-        WaitStatus::Exited(_, code) => format!("exited with status {code}"),
-        WaitStatus::Signaled(_, signal, _) => format!("killed by {signal}"),
-        other => format!("{other:?}"),
-    }
+fn describe(worker: &Worker) -> String {
+    format!(
+        "worker generation {} (pid {})",
+        worker.process.generation, worker.process.pid
+    )
 }

@@ -4,7 +4,9 @@ use std::fmt;
 use std::io;
 use std::sync::mpsc::Sender;
 
-use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM, SIGTSTP, SIGUSR1, SIGUSR2};
+use signal_hook::consts::signal::{
+    SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTSTP, SIGUSR1, SIGUSR2,
+};
 use signal_hook::iterator::{Handle, Signals};
 
 /// A signal the runtime handles.
@@ -16,6 +18,8 @@ pub enum Signal {
     Int,
     /// `SIGTERM`: graceful stop; a second one during the drain forces the close.
     Term,
+    /// `SIGQUIT`: graceful stop, as for nginx; a second one during the drain forces the close.
+    Quit,
     /// `SIGUSR1`: user hooks only.
     Usr1,
     /// `SIGUSR2`: hammer time: close every connection now.
@@ -35,10 +39,11 @@ pub(crate) enum Action {
 
 impl Signal {
     /// Every handled signal.
-    pub const ALL: [Signal; 6] = [
+    pub const ALL: [Signal; 7] = [
         Signal::Hup,
         Signal::Int,
         Signal::Term,
+        Signal::Quit,
         Signal::Usr1,
         Signal::Usr2,
         Signal::Tstp,
@@ -50,6 +55,7 @@ impl Signal {
             Signal::Hup => SIGHUP,
             Signal::Int => SIGINT,
             Signal::Term => SIGTERM,
+            Signal::Quit => SIGQUIT,
             Signal::Usr1 => SIGUSR1,
             Signal::Usr2 => SIGUSR2,
             Signal::Tstp => SIGTSTP,
@@ -66,6 +72,7 @@ impl Signal {
             Signal::Hup => "SIGHUP",
             Signal::Int => "SIGINT",
             Signal::Term => "SIGTERM",
+            Signal::Quit => "SIGQUIT",
             Signal::Usr1 => "SIGUSR1",
             Signal::Usr2 => "SIGUSR2",
             Signal::Tstp => "SIGTSTP",
@@ -75,7 +82,7 @@ impl Signal {
     pub(crate) fn action(self) -> Action {
         match self {
             Signal::Hup => Action::Upgrade,
-            Signal::Int | Signal::Term => Action::GracefulStop,
+            Signal::Int | Signal::Term | Signal::Quit => Action::GracefulStop,
             Signal::Usr2 => Action::ForceStop,
             Signal::Usr1 | Signal::Tstp => Action::HooksOnly,
         }
@@ -88,23 +95,32 @@ impl fmt::Display for Signal {
     }
 }
 
-/// Installs the handlers for every [`Signal`] and forwards each delivery to `forward` from a
-/// dedicated thread. The returned handle stops the thread and leaves the handlers installed
-/// (an unhandled `SIGTSTP` would stop the process while it exits).
+/// Installs the handlers for every [`Signal`] (and `SIGCHLD` when `child_ended` is given) and
+/// forwards each delivery to `forward` from a dedicated thread. The returned handle stops the
+/// thread and leaves the handlers installed (an unhandled `SIGTSTP` would stop the process
+/// while it exits).
 pub(crate) fn listen<E: Send + 'static>(
     forward: Sender<E>,
     wrap: fn(Signal) -> E,
+    child_ended: Option<fn() -> E>,
 ) -> io::Result<Handle> {
-    let mut signals = Signals::new(Signal::ALL.map(Signal::number))?;
+    let numbers = Signal::ALL
+        .map(Signal::number)
+        .into_iter()
+        .chain(child_ended.map(|_| SIGCHLD));
+    let mut signals = Signals::new(numbers)?;
     let handle = signals.handle();
     std::thread::Builder::new()
         .name("actix-endless-signals".into())
         .spawn(move || {
             for number in signals.forever() {
-                if let Some(signal) = Signal::from_number(number) {
-                    if forward.send(wrap(signal)).is_err() {
-                        break;
-                    }
+                let event = match (Signal::from_number(number), child_ended) {
+                    (Some(signal), _) => wrap(signal),
+                    (None, Some(child_ended)) if number == SIGCHLD => child_ended(),
+                    _ => continue,
+                };
+                if forward.send(event).is_err() {
+                    break;
                 }
             }
         })?;

@@ -6,10 +6,14 @@ use actix_web::{web, App, HttpResponse};
 
 use crate::common::{self, Options};
 
+/// What `--help` says about `hello` and `hello_v2`.
+const ABOUT: &str = "The actix-endless demo server: answers GET / with its pid, generation and \
+release; `kill -HUP` swaps in a new build with no refused connection.";
+
 /// Runs the demo, answering as `release`.
 pub fn main(release: &'static str) {
     common::init_logging();
-    let options = Options::parse(&[]);
+    let options = Options::parse(ABOUT);
     let endless = actix_endless::Endless::new(move || App::new().configure(routes(release)));
     let endless = common::bind_all(endless, &options);
     common::exit_on_error(common::configure(endless, &options).run());

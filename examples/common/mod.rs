@@ -1,103 +1,228 @@
 //! What the demo examples share: the command line, logging and the hooks that log each signal.
+//!
+//! Every example answers `--help` and `--version`. Every option can also be given through an
+//! environment variable named `ENDLESS_` + the option in upper case with `_` for `-`
+//! (`ENDLESS_BIND`, `ENDLESS_HAMMER_TIME`, ...), for containers; the command line wins over
+//! the environment. The environment is inherited by every generation, like the command line.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use actix_endless::{HammerTime, HookStage, Signal};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser};
 
-/// The demo's command line.
+/// What `--help` says after the options.
+const AFTER_HELP: &str = "\
+DURATION is a number with a unit: ms, s, m or h, which may be combined (250ms, 30s, 2m, 1h, \
+1m30s). A bare number is milliseconds (1500 = 1.5 s), as in earlier versions.
+
+Every option falls back to an environment variable: ENDLESS_ + the option's name in upper \
+case with '_' for '-' (ENDLESS_BIND=127.0.0.1:8080,unix:/run/app.sock, \
+ENDLESS_HAMMER_TIME=30s, ENDLESS_MASTER=true). A flag on the command line wins; an empty \
+variable counts as unset.
+
+Signals: HUP upgrades (re-exec with the sockets), TERM/INT drain and stop, USR2 closes every \
+connection now, USR1/TSTP run the hooks only.";
+
+/// The demo's command line: the options every example has.
+#[derive(Debug, Clone, Args)]
 pub struct Options {
+    /// Where to serve: HOST:PORT for TCP, unix:PATH for a Unix socket. Repeat the flag (or
+    /// separate with commas) for several addresses.
+    #[arg(
+        long = "bind",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080",
+        env = "ENDLESS_BIND",
+        value_delimiter = ',',
+        action = ArgAction::Append
+    )]
     pub binds: Vec<String>,
+
+    /// Write the serving process's pid here (rewritten by every generation).
+    #[arg(long, value_name = "PATH", env = "ENDLESS_PID_FILE")]
     pub pid_file: Option<PathBuf>,
+
+    /// Write the addresses actually served here, one per line, once serving (for port 0).
+    #[arg(long, value_name = "PATH", env = "ENDLESS_ADDR_FILE")]
     pub addr_file: Option<PathBuf>,
+
+    /// Longest a drain may last before the remaining connections are closed: a DURATION, or
+    /// `never` to wait for the last connection.
+    #[arg(
+        long,
+        value_name = "DURATION|never",
+        default_value = "60s",
+        env = "ENDLESS_HAMMER_TIME",
+        value_parser = parse_hammer_time
+    )]
     pub hammer_time: HammerTime,
+
+    /// How long a new generation has to report ready before the upgrade is abandoned (it is
+    /// killed and this process serves on).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "30s",
+        env = "ENDLESS_UPGRADE_TIMEOUT",
+        value_parser = parse_duration
+    )]
     pub upgrade_timeout: Duration,
+
+    /// actix-web worker threads (one per CPU when not given; 0 is refused by the runtime).
+    #[arg(long, value_name = "N", env = "ENDLESS_WORKERS")]
     pub workers: Option<usize>,
-    /// `--socket-mode OCTAL`: permission bits of the Unix sockets it creates.
+
+    /// Permission bits, in octal, of the Unix sockets it creates (660, 0600).
+    #[arg(
+        long,
+        value_name = "OCTAL",
+        env = "ENDLESS_SOCKET_MODE",
+        value_parser = parse_octal_mode
+    )]
     pub socket_mode: Option<u32>,
-    /// `--master`: run under a stable-pid master.
+
+    /// Run under a master process that keeps its pid across upgrades (for supervisors that
+    /// track a pid, and for a container's PID 1).
+    #[arg(
+        long,
+        env = "ENDLESS_MASTER",
+        value_parser = BoolishValueParser::new()
+    )]
     pub master: bool,
-    /// Flags the common parser does not know, as `(flag, value)`.
-    pub extra: Vec<(String, String)>,
+
+    /// Wait this long in the readiness gate before serving (for tests and demos).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "ENDLESS_READY_DELAY",
+        value_parser = parse_duration
+    )]
+    pub ready_delay: Option<Duration>,
+
+    /// Fail the readiness gate (for tests).
+    #[arg(
+        long,
+        env = "ENDLESS_READY_FAIL",
+        value_parser = BoolishValueParser::new()
+    )]
+    pub ready_fail: bool,
 }
 
-const USAGE: &str =
-    "options: --bind ADDR|unix:PATH (repeatable, default 127.0.0.1:8080) --pid-file PATH \
---addr-file PATH --hammer-time MS|never --upgrade-timeout MS --workers N --socket-mode OCTAL --master";
+/// An example's whole command line: the common [`Options`] and the example's own flags `E`.
+#[derive(Debug, Parser)]
+#[command(version, args_override_self = true, after_help = AFTER_HELP)]
+struct Cli<E: Args> {
+    #[command(flatten)]
+    options: Options,
+    #[command(flatten)]
+    own: E,
+}
+
+/// No flags besides the common ones.
+#[derive(Debug, Args)]
+pub struct NoFlags {}
 
 impl Options {
-    /// Parses `std::env::args`, exiting with a usage message on a bad flag.
-    pub fn parse(extra_flags: &[&str]) -> Options {
-        match Options::try_parse(std::env::args().skip(1), extra_flags) {
-            Ok(options) => options,
-            Err(e) => {
-                eprintln!("{e}\n{USAGE}");
-                std::process::exit(2);
-            }
-        }
+    /// Parses `std::env::args` (and the `ENDLESS_*` fallbacks) for an example without flags of
+    /// its own, described by `about` in `--help`. Exits 0 after `--help` or `--version` and 2
+    /// with clap's message on a bad command line.
+    #[allow(dead_code)] // the examples with flags of their own call `parse_with`
+    pub fn parse(about: &'static str) -> Options {
+        Options::parse_with::<NoFlags>(about).0
     }
 
-    fn try_parse(
-        mut args: impl Iterator<Item = String>,
-        extra_flags: &[&str],
-    ) -> Result<Options, String> {
-        let mut options = Options {
-            binds: Vec::new(),
-            pid_file: None,
-            addr_file: None,
-            hammer_time: HammerTime::After(Duration::from_secs(60)),
-            upgrade_timeout: Duration::from_secs(30),
-            workers: None,
-            socket_mode: None,
-            master: false,
-            extra: Vec::new(),
-        };
-        let millis = |v: &str| {
-            v.parse()
-                .map(Duration::from_millis)
-                .map_err(|_| format!("not a number of milliseconds: {v}"))
-        };
-        while let Some(flag) = args.next() {
-            if flag == "--master" {
-                options.master = true;
-                continue;
-            }
-            let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
-            match flag.as_str() {
-                "--bind" => options.binds.push(value),
-                "--pid-file" => options.pid_file = Some(value.into()),
-                "--addr-file" => options.addr_file = Some(value.into()),
-                "--hammer-time" if value == "never" => options.hammer_time = HammerTime::Never,
-                "--hammer-time" => options.hammer_time = HammerTime::After(millis(&value)?),
-                "--upgrade-timeout" => options.upgrade_timeout = millis(&value)?,
-                "--socket-mode" => {
-                    options.socket_mode = Some(
-                        u32::from_str_radix(&value, 8)
-                            .map_err(|_| format!("not an octal mode: {value}"))?,
-                    )
+    /// [`Options::parse`] for an example with flags of its own, `E`.
+    pub fn parse_with<E: Args>(about: &'static str) -> (Options, E) {
+        // The name in `--version` and `--help`: the example's, not the crate's.
+        let mut command = Cli::<E>::command()
+            .name(env!("CARGO_BIN_NAME"))
+            .about(about)
+            // An empty variable counts as unset (as `ENDLESS_PID_FILE=${PID_FILE}` in a compose
+            // file gives when PID_FILE is not set).
+            .mut_args(|arg| {
+                let empty = arg
+                    .get_env()
+                    .and_then(std::env::var_os)
+                    .is_some_and(|value| value.is_empty());
+                if empty {
+                    arg.env(None)
+                } else {
+                    arg
                 }
-                "--workers" => {
-                    options.workers =
-                        Some(value.parse().map_err(|_| format!("not a count: {value}"))?)
-                }
-                other if extra_flags.contains(&other) => options.extra.push((flag, value)),
-                other => return Err(format!("unknown flag {other}")),
-            }
+            });
+        let mut matches = command.get_matches_mut();
+        match Cli::<E>::from_arg_matches_mut(&mut matches) {
+            Ok(cli) => (cli.options, cli.own),
+            Err(e) => e.format(&mut command).exit(),
         }
-        if options.binds.is_empty() {
-            options.binds.push("127.0.0.1:8080".to_owned());
-        }
-        Ok(options)
     }
+}
 
-    /// The value of an extra flag.
-    #[allow(dead_code)] // only the examples with extra flags call it
-    pub fn extra(&self, flag: &str) -> Option<&str> {
-        self.extra
-            .iter()
-            .rev()
-            .find(|(f, _)| f == flag)
-            .map(|(_, v)| v.as_str())
+/// Parses a DURATION: `250ms`, `30s`, `2m`, `1h` or a combination (`1m30s`), or a bare
+/// number of milliseconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse()
+            .map(Duration::from_millis)
+            .map_err(|_| "too large".to_owned());
+    }
+    let invalid = || {
+        "not a duration: use a number with a unit, ms, s, m or h (250ms, 30s, 1m30s), or a bare \
+number of milliseconds"
+            .to_owned()
+    };
+    let mut rest = text;
+    let mut total = Duration::ZERO;
+    if rest.is_empty() {
+        return Err(invalid());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let units = rest[digits..]
+            .bytes()
+            .take_while(u8::is_ascii_alphabetic)
+            .count();
+        if digits == 0 || units == 0 {
+            return Err(invalid());
+        }
+        let millis_per_unit: u64 = match &rest[digits..digits + units] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            _ => return Err(invalid()),
+        };
+        total = rest[..digits]
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(millis_per_unit))
+            .and_then(|ms| total.checked_add(Duration::from_millis(ms)))
+            .ok_or_else(|| "too large".to_owned())?;
+        rest = &rest[digits + units..];
+    }
+    Ok(total)
+}
+
+/// Parses `--hammer-time`: a DURATION or `never`.
+fn parse_hammer_time(text: &str) -> Result<HammerTime, String> {
+    if text.trim() == "never" {
+        return Ok(HammerTime::Never);
+    }
+    parse_duration(text)
+        .map(HammerTime::After)
+        .map_err(|e| format!("{e}; or `never`"))
+}
+
+/// Parses `--socket-mode`: octal permission bits, `660`, `0660` or `0o660`.
+fn parse_octal_mode(text: &str) -> Result<u32, String> {
+    let digits = text.trim().trim_start_matches("0o");
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o7777 => Ok(mode),
+        _ => Err("not an octal mode (such as 660 or 0600)".to_owned()),
     }
 }
 
@@ -155,7 +280,20 @@ where
         endless = endless.pid_file(path);
     }
     if let Some(workers) = options.workers {
-        endless = endless.configure(move |server| server.workers(workers));
+        endless = endless.workers(workers);
+    }
+    if options.ready_delay.is_some() || options.ready_fail {
+        let (delay, fail) = (options.ready_delay, options.ready_fail);
+        endless = endless.ready_when(move || async move {
+            if let Some(delay) = delay {
+                log::info!("readiness gate: waiting {delay:?}");
+                actix_rt::time::sleep(delay).await;
+            }
+            if fail {
+                return Err("--ready-fail was given");
+            }
+            Ok(())
+        });
     }
     if let Some(path) = options.addr_file.clone() {
         endless = endless.on_serving(move |event| {

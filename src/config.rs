@@ -1,0 +1,180 @@
+//! The runtime's configuration: plain data the builder fills in and every other module reads.
+//!
+//! It sits below everything that uses it, so that the builder, the runtime and the process
+//! modes can all read the settings without importing each other.
+
+use std::fmt;
+use std::net::ToSocketAddrs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::listeners::{BindAddr, TlsConfig};
+
+/// How long a graceful drain may last before the remaining connections are closed by force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HammerTime {
+    /// Force the close once this much time has passed since the drain began.
+    After(Duration),
+    /// Never force: the drain lasts until the last connection is gone (or `SIGUSR2`).
+    Never,
+}
+
+impl From<Duration> for HammerTime {
+    fn from(d: Duration) -> Self {
+        HammerTime::After(d)
+    }
+}
+
+impl fmt::Display for HammerTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HammerTime::After(d) => write!(f, "{d:?}"),
+            HammerTime::Never => f.write_str("never"),
+        }
+    }
+}
+
+/// How upgrades change processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProcessMode {
+    /// The serving process re-executes itself on `SIGHUP`: the pid changes on every upgrade,
+    /// like Go's endless and nginx. The default.
+    #[default]
+    Reexec,
+    /// A small master process keeps its pid and the listening sockets; server generations run
+    /// as its workers. For supervisors that track a pid (supervisord, runit, container PID 1).
+    Master,
+}
+
+impl fmt::Display for ProcessMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProcessMode::Reexec => "reexec",
+            ProcessMode::Master => "master",
+        })
+    }
+}
+
+/// The builder's plain settings (see [`crate::Endless`] for what each means and its default).
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) pid_file: Option<PathBuf>,
+    pub(crate) hammer_time: HammerTime,
+    pub(crate) upgrade_timeout: Duration,
+    pub(crate) idle_close_after: Duration,
+    pub(crate) backlog: u32,
+    pub(crate) executable: Option<PathBuf>,
+    pub(crate) unix_socket_mode: Option<u32>,
+    pub(crate) mode: ProcessMode,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            pid_file: None,
+            hammer_time: HammerTime::After(Duration::from_secs(60)),
+            upgrade_timeout: Duration::from_secs(30),
+            idle_close_after: Duration::from_millis(250),
+            backlog: 4096,
+            executable: None,
+            unix_socket_mode: None,
+            mode: ProcessMode::Reexec,
+        }
+    }
+}
+
+/// One configured address: as given, resolved, and how to serve it.
+pub(crate) struct Bind {
+    text: String,
+    resolved: std::io::Result<Vec<BindAddr>>,
+    tls: Option<TlsConfig>,
+}
+
+impl Bind {
+    /// A TCP address, resolved now (errors are reported when the runtime starts).
+    pub(crate) fn tcp(addr: impl ToSocketAddrs + fmt::Display, tls: Option<TlsConfig>) -> Bind {
+        Bind {
+            text: addr.to_string(),
+            resolved: addr
+                .to_socket_addrs()
+                .map(|addrs| addrs.map(BindAddr::Tcp).collect()),
+            tls,
+        }
+    }
+
+    /// A Unix domain socket path.
+    pub(crate) fn unix(path: PathBuf) -> Bind {
+        Bind {
+            text: format!("unix:{}", path.display()),
+            resolved: Ok(vec![BindAddr::Unix { path, mode: None }]),
+            tls: None,
+        }
+    }
+}
+
+/// Resolves the configured addresses, failing on the first that did not resolve.
+pub(crate) fn resolve(
+    binds: Vec<Bind>,
+    unix_socket_mode: Option<u32>,
+) -> Result<Vec<(BindAddr, Option<TlsConfig>)>> {
+    let mut addrs = Vec::new();
+    for Bind {
+        text,
+        resolved,
+        tls,
+    } in binds
+    {
+        let resolved = resolved.map_err(|source| Error::Bind {
+            addr: text.clone(),
+            source,
+        })?;
+        if resolved.is_empty() {
+            return Err(Error::Bind {
+                addr: text,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "resolves to no address",
+                ),
+            });
+        }
+        addrs.extend(resolved.into_iter().map(|addr| {
+            let addr = match addr {
+                BindAddr::Unix { path, .. } => BindAddr::Unix {
+                    path,
+                    mode: unix_socket_mode,
+                },
+                tcp => tcp,
+            };
+            (addr, tls.clone())
+        }));
+    }
+    Ok(addrs)
+}
+
+/// `HttpServer` settings the builder sets directly (`None`: actix-web's default).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ServerSettings {
+    pub(crate) workers: Option<usize>,
+    pub(crate) keep_alive: Option<actix_web::http::KeepAlive>,
+    pub(crate) client_request_timeout: Option<Duration>,
+    pub(crate) client_disconnect_timeout: Option<Duration>,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) max_connection_rate: Option<usize>,
+}
+
+impl ServerSettings {
+    /// Checks what actix-web would otherwise reject with a panic.
+    pub(crate) fn validate(&self) -> Result<()> {
+        let positive = |setting: &'static str, value: Option<usize>| match value {
+            Some(0) => Err(Error::Config {
+                setting,
+                reason: "must be at least 1".to_owned(),
+            }),
+            _ => Ok(()),
+        };
+        positive("workers", self.workers)?;
+        positive("max_connections", self.max_connections)?;
+        positive("max_connection_rate", self.max_connection_rate)
+    }
+}
