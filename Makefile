@@ -23,6 +23,10 @@ integration:
 	@# The socket-activation test runs against systemd's real peer when it can be installed
 	@# (it says SKIP otherwise); hand-passed descriptors are tested either way.
 	@command -v systemd-socket-activate >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq systemd >/dev/null 2>&1; } || echo "systemd-socket-activate unavailable: its test will skip"
+	@# Likewise the peer tests: Debian's nginx in front of a Unix socket, and supervisord.
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null 2>&1; } || echo "nginx unavailable: its test will skip"
+	@command -v supervisord >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq supervisor >/dev/null 2>&1; } || echo "supervisord unavailable: its test will skip"
+	@command -v systemfd >/dev/null 2>&1 || $(CARGO) install systemfd --locked --quiet || echo "systemfd unavailable: its test will skip"
 	$(CARGO) build --examples -p actix-endless --all-features
 	$(CARGO) test -p integration -- --test-threads=2
 

@@ -9,6 +9,8 @@
 mod common;
 #[path = "common/hello_app.rs"]
 mod hello_app;
+#[path = "common/streams.rs"]
+mod streams;
 
 fn main() {
     hello_app::main("v1")

@@ -13,6 +13,8 @@ mod common;
 #[allow(dead_code)]
 #[path = "common/hello_app.rs"]
 mod hello_app;
+#[path = "common/streams.rs"]
+mod streams;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -67,7 +69,13 @@ replacing the files and sending SIGHUP rotates them.",
     let mut endless =
         actix_endless::Endless::new(|| App::new().configure(hello_app::routes("tls")));
     for bind in &options.binds {
-        endless = endless.bind_rustls(bind.as_str(), config.clone());
+        endless = match endless.bind_rustls(bind.as_str(), config.clone()) {
+            Ok(endless) => endless,
+            Err(e) => {
+                log::error!("cannot listen on {bind}: {e}");
+                return common::exit_on_error(Err(e));
+            }
+        };
     }
-    common::exit_on_error(common::configure(endless, &options).run());
+    common::exit_on_error(common::configure(endless, &options).run_blocking());
 }

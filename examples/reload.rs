@@ -58,8 +58,10 @@ re-reads the file, `kill -HUP` re-execs.",
             ),
         }
     });
-    let endless = common::bind_all(endless, &options);
-    common::exit_on_error(common::configure(endless, &options).run());
+    match common::bind_all(endless, &options) {
+        Ok(endless) => common::exit_on_error(common::configure(endless, &options).run_blocking()),
+        Err(e) => common::exit_on_error(Err(e)),
+    }
 }
 
 use common::Options;

@@ -14,7 +14,9 @@ use crate::config::{Bind, HammerTime, ProcessMode, ServerSettings, Settings};
 use crate::drain::{OnConnect, Server};
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::hooks::{HookStage, Hooks, ServingEvent, SignalEvent, UpgradeEvent};
+use crate::hooks::{
+    DrainEnd, DrainStart, HookStage, Hooks, ServingEvent, SignalEvent, UpgradeEvent,
+};
 use crate::runtime::{self, App};
 use crate::server::{AppFactory, Configure, Gate};
 use crate::signals::{Action, Signal};
@@ -64,7 +66,7 @@ impl Handle {
 /// | [`executable`](Self::executable) | the path this process was started as |
 /// | [`workers`](Self::workers), [`keep_alive`](Self::keep_alive), ... | actix-web's defaults |
 /// | [`configure`](Self::configure) | nothing: actix-web's defaults |
-#[must_use = "an Endless builder does nothing until `.run()` is called"]
+#[must_use = "an Endless builder does nothing until `.run().await` (or `.run_blocking()`) is called"]
 pub struct Endless<F, I, S, B>
 where
     F: Fn() -> I + Send + 'static,
@@ -80,6 +82,7 @@ where
     configure: Vec<Configure<S, B>>,
     on_connect: Option<OnConnect>,
     ready_gate: Option<Gate>,
+    setup: Option<Gate>,
     events: (Sender<Event>, Receiver<Event>),
     _types: std::marker::PhantomData<fn() -> I>,
 }
@@ -102,47 +105,72 @@ where
             configure: Vec::new(),
             on_connect: None,
             ready_gate: None,
+            setup: None,
             events: channel(),
             _types: std::marker::PhantomData,
         }
     }
 
-    /// Serves on a TCP address such as `127.0.0.1:8080` or `[::]:443`; may be called more than
-    /// once. A name that resolves to several addresses serves on all of them. Resolution or
-    /// bind errors are reported by [`run`](Self::run), naming the address.
-    pub fn bind(mut self, addr: impl ToSocketAddrs + fmt::Display) -> Self {
-        self.binds.push(Bind::tcp(addr, None));
-        self
+    /// Serves on a TCP address, as `HttpServer::bind` does: anything that resolves to socket
+    /// addresses, such as `"127.0.0.1:8080"`, `("0.0.0.0", 8080)` or `"[::]:443"`; may be called
+    /// more than once. A name that resolves to several addresses serves on all of them.
+    ///
+    /// The address is resolved now: an address that cannot be resolved, or resolves to
+    /// nothing, is an error here. The socket itself is created when the runtime starts
+    /// ([`run`](Self::run)), which reports bind errors naming the address; in a new generation
+    /// it is the socket inherited for that address, never a new one.
+    pub fn bind(mut self, addr: impl ToSocketAddrs) -> std::io::Result<Self> {
+        self.binds.push(Bind::tcp(addr, None)?);
+        Ok(self)
     }
 
-    /// Serves HTTPS on a TCP address with `config` (requires the `rustls` feature). Each
-    /// generation is configured by the code that starts it, so loading the certificate and key
-    /// from files before calling this makes `SIGHUP` rotate them; a new generation that cannot
-    /// load them fails to start and the old one serves on.
+    /// Serves HTTPS on a TCP address with `config` (requires the `rustls` feature), as
+    /// `HttpServer::bind_rustls_0_23` does; the address is resolved as by [`bind`](Self::bind).
+    /// Each generation is configured by the code that starts it, so loading the certificate
+    /// and key from files before calling this makes `SIGHUP` rotate them; a new generation
+    /// that cannot load them fails to start and the old one serves on.
     #[cfg(feature = "rustls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
     pub fn bind_rustls(
         mut self,
-        addr: impl ToSocketAddrs + fmt::Display,
+        addr: impl ToSocketAddrs,
         config: rustls::ServerConfig,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         self.binds
-            .push(Bind::tcp(addr, Some(std::sync::Arc::new(config))));
-        self
+            .push(Bind::tcp(addr, Some(std::sync::Arc::new(config)))?);
+        Ok(self)
     }
 
-    /// Serves on a Unix domain socket at `path` (mixed freely with TCP). The socket is handed
-    /// over on upgrades like any other; the runtime never unlinks it, and a stale socket file
-    /// left by a dead process is replaced at the first bind.
-    pub fn bind_uds(mut self, path: impl Into<PathBuf>) -> Self {
-        self.binds.push(Bind::unix(path.into()));
-        self
+    /// Serves on a Unix domain socket at `path` (mixed freely with TCP), as
+    /// `HttpServer::bind_uds` does. The socket is handed over on upgrades like any other; the
+    /// runtime never unlinks it, and a stale socket file left by a dead process is replaced
+    /// at the first bind. The socket is created when the runtime starts, which reports errors.
+    pub fn bind_uds(mut self, path: impl AsRef<std::path::Path>) -> std::io::Result<Self> {
+        let path = path.as_ref();
+        if path.as_os_str().is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a Unix socket path must not be empty",
+            ));
+        }
+        self.binds.push(Bind::unix(path.to_path_buf()));
+        Ok(self)
     }
 
     /// Whether upgrades re-execute this process ([`ProcessMode::Reexec`], the default) or run
     /// under a stable-pid master ([`ProcessMode::Master`]).
     pub fn process_mode(mut self, mode: ProcessMode) -> Self {
         self.settings.mode = mode;
+        self
+    }
+
+    /// Serves on listening descriptors passed without `LISTEN_PID`, as `systemfd --no-pid`
+    /// passes them in the development loop actix-web's docs recommend
+    /// (`systemfd --no-pid -s http::8080 -- cargo watch -x run`). Off by default: systemd's
+    /// protocol says such descriptors are not ours, and when some are passed but ignored the
+    /// start-up error says so.
+    pub fn adopt_unclaimed_fds(mut self) -> Self {
+        self.settings.unclaimed = crate::listeners::Unclaimed::Adopt;
         self
     }
 
@@ -241,9 +269,23 @@ where
         self
     }
 
-    /// Tunes the inner `HttpServer` further, e.g. `.configure(|server| server.workers(4))`.
-    /// Calls compose in order. Listening sockets, signals and `on_connect` are the runtime's:
-    /// use [`bind`](Self::bind) and [`on_connect`](Self::on_connect).
+    /// Tunes the inner `HttpServer` further, e.g.
+    /// `.configure(|server| server.server_hostname("example.com"))`. Calls compose in order,
+    /// after the builder's own settings ([`workers`](Self::workers) and the like), so a
+    /// setting made here wins.
+    ///
+    /// Some of `HttpServer` belongs to the runtime:
+    ///
+    /// - listening sockets: `HttpServer::bind`, `listen` and their TLS and Unix variants make
+    ///   the start fail with [`Error::Config`] naming this method; use [`bind`](Self::bind),
+    ///   [`bind_uds`](Self::bind_uds) or `bind_rustls`;
+    /// - `on_connect` and signal handling are replaced by the runtime's (no error: they are
+    ///   set after these calls); use [`on_connect`](Self::on_connect) and [`hook`](Self::hook);
+    /// - `HttpServer::backlog` set here cannot be detected and has no effect, since the
+    ///   runtime creates the sockets itself: use [`backlog`](Self::backlog);
+    /// - `HttpServer::shutdown_timeout` set here cannot be detected and has no effect on a
+    ///   drain, which the runtime bounds itself: use [`hammer_time`](Self::hammer_time) (or
+    ///   its alias [`shutdown_timeout`](Self::shutdown_timeout)).
     pub fn configure(
         mut self,
         configure: impl FnOnce(Server<S, B>) -> Server<S, B> + 'static,
@@ -308,6 +350,20 @@ where
         self
     }
 
+    /// Runs `hook` when this process starts draining: after it handed over to a new
+    /// generation, or on a stop. (Handlers can await the same moment: [`crate::Draining`].)
+    pub fn on_drain_start(mut self, hook: impl Fn(&DrainStart) + Send + Sync + 'static) -> Self {
+        self.hooks.drain_start.push(Box::new(hook));
+        self
+    }
+
+    /// Runs `hook` when a drain ends, with its duration and how its connections ended (on
+    /// their own, closed idle, or cut at hammer time or by a forced stop).
+    pub fn on_drain_end(mut self, hook: impl Fn(&DrainEnd) + Send + Sync + 'static) -> Self {
+        self.hooks.drain_end.push(Box::new(hook));
+        self
+    }
+
     /// Runs `hook` in the old process when an upgrade fails (it serves on).
     pub fn on_upgrade_failed(mut self, hook: impl Fn(&Error) + Send + Sync + 'static) -> Self {
         self.hooks.upgrade_failed.push(Box::new(hook));
@@ -322,10 +378,29 @@ where
     }
 
     /// Serves until this process is done: stopped by a signal or a [`Handle`], or drained after
-    /// handing over to a new generation. Returns an error if it cannot start.
-    pub fn run(self) -> Result<()> {
+    /// handing over to a new generation. The drop-in for `HttpServer::run`: call it from
+    /// `#[actix_web::main]` (or `#[tokio::main]`, as actix-web allows) and await it; it runs
+    /// on the caller's runtime. Fails if the runtime cannot start (the error is logged too,
+    /// with the pid and generation); [`Error`] converts into the `std::io::Error` returned.
+    ///
+    /// On `SIGHUP` the new generation runs `main` from the start, so whatever `main` does
+    /// before this call (connecting to a database, say) runs again in it before it reports
+    /// ready. When that fails, let [`setup_failed`](crate::setup_failed) tell the old
+    /// generation why; see [`with_setup`](Self::with_setup) for setup that must never run in
+    /// a stable-pid master.
+    pub async fn run(self) -> std::io::Result<()> {
+        runtime::run(self.into_app()).await.map_err(Into::into)
+    }
+
+    /// [`run`](Self::run) for a synchronous `main`: blocks the calling thread, serving on an
+    /// actix system of its own, until this process is done.
+    pub fn run_blocking(self) -> Result<()> {
+        runtime::run_blocking(self.into_app())
+    }
+
+    fn into_app(self) -> App<S, B> {
         let factory = self.factory;
-        runtime::run(App {
+        App {
             factory: Box::new(move || factory().into_factory()),
             binds: self.binds,
             settings: self.settings,
@@ -334,7 +409,86 @@ where
             configure: self.configure,
             on_connect: self.on_connect,
             ready_gate: self.ready_gate,
+            setup: self.setup,
             events: self.events,
-        })
+        }
+    }
+}
+
+/// The application factory [`Endless::with_setup`] builds: the user's factory, called with the
+/// setup's result.
+pub type SetupFactory<I> = Box<dyn Fn() -> I + Send>;
+
+impl<I, S, B> Endless<SetupFactory<I>, I, S, B>
+where
+    I: IntoServiceFactory<S, actix_http::Request> + 'static,
+    S: AppFactory<B>,
+    B: MessageBody + 'static,
+{
+    /// A runtime whose application needs async setup first, e.g. a connection pool:
+    /// `setup` runs once in each process that serves, before the readiness gate
+    /// ([`ready_when`](Self::ready_when)) and before any worker starts, and `factory` builds
+    /// the application from its result (per worker thread, as `HttpServer::new`'s factory).
+    ///
+    /// The difference with setup written in `main` before [`Endless::new`]: in
+    /// [`ProcessMode::Master`] the master never serves, so `setup` never runs there (no pool,
+    /// no migrations in the master), while `main`'s own code runs in the master too. When
+    /// `setup` fails in a new generation, the upgrade fails with `setup failed: <error>` in the
+    /// old generation's log and the old generation serves on; at first start it is a start-up
+    /// error. A `setup` that panics ends the process, which the old generation reports with
+    /// its exit status.
+    ///
+    /// ```no_run
+    /// use actix_web::{web, App, HttpResponse};
+    ///
+    /// struct Pool(String);
+    /// async fn connect() -> std::io::Result<Pool> {
+    ///     Ok(Pool("db".into()))
+    /// }
+    ///
+    /// #[actix_web::main]
+    /// async fn main() -> std::io::Result<()> {
+    ///     actix_endless::Endless::with_setup(
+    ///         || async { connect().await.map(web::Data::new) },
+    ///         |pool: &web::Data<Pool>| {
+    ///             App::new()
+    ///                 .app_data(pool.clone())
+    ///                 .route("/", web::get().to(|| async { HttpResponse::Ok().finish() }))
+    ///         },
+    ///     )
+    ///     .process_mode(actix_endless::ProcessMode::Master)
+    ///     .bind(("127.0.0.1", 8080))?
+    ///     .run()
+    ///     .await
+    /// }
+    /// ```
+    pub fn with_setup<T, E, Fut>(
+        setup: impl FnOnce() -> Fut + 'static,
+        factory: impl Fn(&T) -> I + Send + Sync + 'static,
+    ) -> Self
+    where
+        T: Send + Sync + 'static,
+        E: fmt::Display,
+        Fut: std::future::Future<Output = std::result::Result<T, E>> + 'static,
+    {
+        let state = std::sync::Arc::new(std::sync::OnceLock::<T>::new());
+        let set = std::sync::Arc::clone(&state);
+        let mut endless = Endless::new(Box::new(move || {
+            // The runtime builds the server only once `setup` has succeeded.
+            let state = state
+                .get()
+                .expect("the application factory is called only after a successful setup");
+            factory(state)
+        }) as SetupFactory<I>);
+        endless.setup = Some(Box::new(move || {
+            let fut = setup();
+            Box::pin(async move {
+                let value = fut.await.map_err(|e| e.to_string())?;
+                // `setup` runs once per process: the cell is still empty.
+                let _ = set.set(value);
+                Ok(())
+            })
+        }));
+        endless
     }
 }

@@ -253,6 +253,17 @@ impl Process {
     }
 }
 
+impl Process {
+    /// Kills what is left of the process group of a child that has already been reaped: a
+    /// wrapper's children would otherwise keep the listening sockets. (While any member is
+    /// alive the group id cannot be reused; when none is, there is nothing to signal.)
+    pub(crate) fn kill_descendants(&self) {
+        if let Err(e) = sys::send_group_signal(self.pid, OsSignal::SIGKILL) {
+            log::warn!("cannot kill process group {}: {e}", self.pid);
+        }
+    }
+}
+
 /// What a child's readiness pipe said.
 #[derive(Debug)]
 pub(crate) enum News {
@@ -270,6 +281,45 @@ pub(crate) enum News {
     Resigned,
     /// After `Ready`: end of file without resigning: the serving child died.
     Died,
+}
+
+impl News {
+    /// For a child that will not serve (any news but [`News::Ready`]): the error to report.
+    /// `give_up(why, first)` gives up on the child (sending `first`, if any, before its grace)
+    /// and returns how it ended; it is called once.
+    pub(crate) fn failure(
+        self,
+        pid: u32,
+        timeout: Duration,
+        give_up: impl FnOnce(&'static str, Option<OsSignal>) -> String,
+    ) -> Error {
+        match self {
+            // It is usually exiting: it gets its grace without a signal, so that its own exit
+            // status is what is reported.
+            News::Closed => Error::ChildExited {
+                pid,
+                status: give_up("it closed the readiness pipe", None),
+            },
+            News::TimedOut => {
+                give_up("it did not report ready in time", Some(OsSignal::SIGTERM));
+                Error::ReadyTimeout { pid, timeout }
+            }
+            News::Refused(reason) => {
+                give_up("its readiness gate failed", None);
+                Error::NotReady { pid, reason }
+            }
+            other => {
+                give_up("its readiness pipe failed", Some(OsSignal::SIGTERM));
+                Error::Io {
+                    context: "reading the readiness pipe",
+                    source: match other {
+                        News::Failed(source) => source,
+                        other => io::Error::other(format!("{other:?} before it was ready")),
+                    },
+                }
+            }
+        }
+    }
 }
 
 /// Blocks until the child reports ready, closes the pipe, or `timeout` passes.

@@ -4,12 +4,12 @@
 //! modes can all read the settings without importing each other.
 
 use std::fmt;
-use std::net::ToSocketAddrs;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::listeners::{BindAddr, TlsConfig};
+use crate::listeners::{BindAddr, TlsConfig, Unclaimed};
 
 /// How long a graceful drain may last before the remaining connections are closed by force.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +67,7 @@ pub(crate) struct Settings {
     pub(crate) executable: Option<PathBuf>,
     pub(crate) unix_socket_mode: Option<u32>,
     pub(crate) mode: ProcessMode,
+    pub(crate) unclaimed: Unclaimed,
 }
 
 impl Default for Settings {
@@ -80,64 +81,50 @@ impl Default for Settings {
             executable: None,
             unix_socket_mode: None,
             mode: ProcessMode::Reexec,
+            unclaimed: Unclaimed::Ignore,
         }
     }
 }
 
-/// One configured address: as given, resolved, and how to serve it.
+/// One configured address: what it resolved to, and how to serve it.
 pub(crate) struct Bind {
-    text: String,
-    resolved: std::io::Result<Vec<BindAddr>>,
+    resolved: Vec<BindAddr>,
     tls: Option<TlsConfig>,
 }
 
 impl Bind {
-    /// A TCP address, resolved now (errors are reported when the runtime starts).
-    pub(crate) fn tcp(addr: impl ToSocketAddrs + fmt::Display, tls: Option<TlsConfig>) -> Bind {
-        Bind {
-            text: addr.to_string(),
-            resolved: addr
-                .to_socket_addrs()
-                .map(|addrs| addrs.map(BindAddr::Tcp).collect()),
-            tls,
+    /// A TCP address, resolved now, as `HttpServer::bind` does. An address that cannot be
+    /// resolved or resolves to nothing is an error.
+    pub(crate) fn tcp(addr: impl ToSocketAddrs, tls: Option<TlsConfig>) -> std::io::Result<Bind> {
+        let resolved: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+        if resolved.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the address to bind resolves to no address",
+            ));
         }
+        Ok(Bind {
+            resolved: resolved.into_iter().map(BindAddr::Tcp).collect(),
+            tls,
+        })
     }
 
     /// A Unix domain socket path.
     pub(crate) fn unix(path: PathBuf) -> Bind {
         Bind {
-            text: format!("unix:{}", path.display()),
-            resolved: Ok(vec![BindAddr::Unix { path, mode: None }]),
+            resolved: vec![BindAddr::Unix { path, mode: None }],
             tls: None,
         }
     }
 }
 
-/// Resolves the configured addresses, failing on the first that did not resolve.
+/// The configured addresses, each with how to serve it; Unix sockets get `unix_socket_mode`.
 pub(crate) fn resolve(
     binds: Vec<Bind>,
     unix_socket_mode: Option<u32>,
-) -> Result<Vec<(BindAddr, Option<TlsConfig>)>> {
+) -> Vec<(BindAddr, Option<TlsConfig>)> {
     let mut addrs = Vec::new();
-    for Bind {
-        text,
-        resolved,
-        tls,
-    } in binds
-    {
-        let resolved = resolved.map_err(|source| Error::Bind {
-            addr: text.clone(),
-            source,
-        })?;
-        if resolved.is_empty() {
-            return Err(Error::Bind {
-                addr: text,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "resolves to no address",
-                ),
-            });
-        }
+    for Bind { resolved, tls } in binds {
         addrs.extend(resolved.into_iter().map(|addr| {
             let addr = match addr {
                 BindAddr::Unix { path, .. } => BindAddr::Unix {
@@ -149,7 +136,7 @@ pub(crate) fn resolve(
             (addr, tls.clone())
         }));
     }
-    Ok(addrs)
+    addrs
 }
 
 /// `HttpServer` settings the builder sets directly (`None`: actix-web's default).

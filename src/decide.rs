@@ -129,6 +129,23 @@ pub(crate) fn restart_delay(
     (delay, (delay * 2).min(MAX_BACKOFF))
 }
 
+/// How often a long drain reports its progress (log, `STATUS=`, `EXTEND_TIMEOUT_USEC=`).
+pub(crate) const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// What a drain that has lasted `elapsed` asks systemd for: the time left before hammer time
+/// (`None`: never), and how much longer systemd should wait for this process from now
+/// (`EXTEND_TIMEOUT_USEC`): the time left plus one progress period, so the next report
+/// always arrives before the extension runs out.
+pub(crate) fn time_left(hammer: HammerTime, elapsed: Duration) -> (Option<Duration>, Duration) {
+    match hammer {
+        HammerTime::After(limit) => {
+            let left = limit.saturating_sub(elapsed);
+            (Some(left), left + PROGRESS_EVERY)
+        }
+        HammerTime::Never => (None, PROGRESS_EVERY * 2),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +257,25 @@ mod tests {
         });
         assert_eq!(verdict, DrainVerdict::CloseIdle { connections: 5 });
         assert_eq!(asked, 1);
+    }
+
+    #[test]
+    fn time_left_table() {
+        let table = [
+            (Some(60_000), 0, Some(60_000), 65_000),
+            (Some(60_000), 12_345, Some(47_655), 52_655),
+            (Some(60_000), 60_000, Some(0), 5_000),
+            (Some(60_000), 70_000, Some(0), 5_000),
+            (None, 1_000_000, None, 10_000),
+        ];
+        for (hammer, elapsed, left, extend) in table {
+            let hammer = hammer.map_or(HammerTime::Never, |h| HammerTime::After(ms(h)));
+            assert_eq!(
+                time_left(hammer, ms(elapsed)),
+                (left.map(ms), ms(extend)),
+                "{hammer:?} after {elapsed} ms"
+            );
+        }
     }
 
     #[test]

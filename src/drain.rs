@@ -48,6 +48,8 @@ struct Padded<T>(T);
 #[repr(align(128))]
 struct Shard {
     connections: AtomicUsize,
+    /// Connections ever opened on this thread.
+    opened: AtomicUsize,
     in_flight: AtomicUsize,
     /// When the last response of this thread finished, in nanoseconds since [`epoch`].
     last_done: AtomicU64,
@@ -83,6 +85,7 @@ impl Tracker {
     fn new_shard(&self) -> &'static Shard {
         let shard: &'static Shard = Box::leak(Box::new(Shard {
             connections: AtomicUsize::new(0),
+            opened: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             last_done: AtomicU64::new(0),
         }));
@@ -102,10 +105,16 @@ impl Tracker {
     /// From now on every response asks its client to close the connection.
     pub(crate) fn set_draining(&self, draining: bool) {
         self.draining.0.store(draining, Ordering::SeqCst);
+        crate::draining::set(draining);
     }
 
     fn draining(&self) -> bool {
         self.draining.0.load(Ordering::Relaxed)
+    }
+
+    /// Connections this process has ever opened.
+    pub(crate) fn opened(&self) -> usize {
+        self.sum(|s| s.opened.load(Ordering::Relaxed))
     }
 
     /// Open connections of this process.
@@ -147,6 +156,7 @@ impl ConnectionGuard {
     fn new() -> Self {
         let shard = shard();
         shard.connections.fetch_add(1, Ordering::SeqCst);
+        shard.opened.fetch_add(1, Ordering::Relaxed);
         ConnectionGuard(shard)
     }
 }

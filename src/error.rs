@@ -73,8 +73,9 @@ pub enum Error {
         /// How it ended, e.g. `exit status: 1`.
         status: String,
     },
-    /// The readiness gate ([`crate::Endless::ready_when`]) failed or timed out: in a new
-    /// generation, the upgrade failed before it served any request.
+    /// A generation will not serve: its setup ([`crate::Endless::with_setup`],
+    /// [`crate::setup_failed`]) or its readiness gate ([`crate::Endless::ready_when`]) failed
+    /// or timed out. In a new generation, the upgrade failed before it served any request.
     NotReady {
         /// The process whose gate failed.
         pid: u32,

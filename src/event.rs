@@ -1,6 +1,9 @@
 //! What the control loops hear about, on one channel: signals, handle commands, the server's
 //! progress and news from child processes.
 
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+
 use crate::child::News;
 use crate::signals::{Action, Signal};
 
@@ -21,4 +24,17 @@ pub(crate) enum Event {
     ParentGone,
     /// The server future has completed.
     ServerStopped,
+}
+
+/// The next event, waiting at most `wake` (forever when `None`): `Ok(None)` when `wake`
+/// passed first, `Err(())` when every sender is gone.
+pub(crate) fn next(rx: &Receiver<Event>, wake: Option<Duration>) -> Result<Option<Event>, ()> {
+    match wake {
+        Some(wake) => match rx.recv_timeout(wake) {
+            Ok(event) => Ok(Some(event)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(()),
+        },
+        None => rx.recv().map(Some).map_err(drop),
+    }
 }

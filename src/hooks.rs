@@ -64,6 +64,49 @@ pub struct UpgradeEvent {
     pub new_generation: u64,
 }
 
+/// Why a process drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainReason {
+    /// It handed over to a new generation that reported ready.
+    Upgrade,
+    /// It was asked to stop (a signal or a [`crate::Handle`]).
+    Stop,
+}
+
+/// What the drain-start hook is told.
+#[derive(Debug, Clone, Copy)]
+pub struct DrainStart {
+    /// This process's pid.
+    pub pid: u32,
+    /// This process's generation.
+    pub generation: u64,
+    /// Why it drains.
+    pub reason: DrainReason,
+    /// Connections open when the drain began.
+    pub connections: usize,
+    /// Requests in flight when the drain began.
+    pub in_flight: usize,
+}
+
+/// What the drain-end hook is told: how the drain went, once the server is told to stop.
+#[derive(Debug, Clone, Copy)]
+pub struct DrainEnd {
+    /// This process's pid.
+    pub pid: u32,
+    /// This process's generation.
+    pub generation: u64,
+    /// Why it drained.
+    pub reason: DrainReason,
+    /// How long the drain lasted.
+    pub duration: std::time::Duration,
+    /// Connections that ended on their own (the client closed after `Connection: close`).
+    pub ended_on_their_own: usize,
+    /// Idle keep-alive connections closed by the runtime.
+    pub idle_closed: usize,
+    /// Connections cut at hammer time or by a forced stop, requests in flight included.
+    pub cut: usize,
+}
+
 /// A hook taking `&T`, callable from the control thread.
 pub(crate) type Hook<T> = Box<dyn Fn(&T) + Send + Sync>;
 type SignalHook = Hook<SignalEvent>;
@@ -75,6 +118,8 @@ pub(crate) struct Hooks {
     pub(crate) serving: Vec<Hook<ServingEvent>>,
     pub(crate) upgrade_ready: Vec<Hook<UpgradeEvent>>,
     pub(crate) upgrade_failed: Vec<Hook<Error>>,
+    pub(crate) drain_start: Vec<Hook<DrainStart>>,
+    pub(crate) drain_end: Vec<Hook<DrainEnd>>,
 }
 
 impl Hooks {

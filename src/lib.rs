@@ -7,21 +7,28 @@
 //!
 //! # Quick start
 //!
+//! The same chain as `HttpServer`, inside `#[actix_web::main]`:
+//!
 //! ```no_run
 //! use actix_web::{web, App, HttpResponse};
 //! use std::time::Duration;
 //!
-//! fn main() -> Result<(), actix_endless::Error> {
+//! #[actix_web::main]
+//! async fn main() -> std::io::Result<()> {
 //!     actix_endless::Endless::new(|| {
 //!         App::new().route("/", web::get().to(|| async { HttpResponse::Ok().body("hi\n") }))
 //!     })
-//!     .bind("127.0.0.1:8080")
 //!     .pid_file("app.pid")
 //!     .hammer_time(Duration::from_secs(30))
 //!     .workers(4)
+//!     .bind(("127.0.0.1", 8080))?
 //!     .run()
+//!     .await
 //! }
 //! ```
+//!
+//! [`Endless::run`] runs on the caller's runtime (an actix `System`, or `#[tokio::main]` as
+//! actix-web allows); a synchronous `main` calls [`Endless::run_blocking`] instead.
 //!
 //! Deploy: replace the binary, then `kill -HUP $(cat app.pid)`.
 //!
@@ -61,6 +68,18 @@
 //!
 //! The same code adopts sockets passed by systemd socket activation at first start.
 //!
+//! # Setup runs again in every generation
+//!
+//! The new process runs `main` from the start: whatever `main` does before
+//! [`Endless::run`] (reading configuration, connecting to a database) runs again in it, before
+//! it reports ready. If that setup fails (an error, a panic, an exit) before the new
+//! generation reports ready, the upgrade fails and the old generation serves on. Its log says
+//! why: the exit status, or the error itself when `main` passes it through [`setup_failed`]
+//! (`.map_err(actix_endless::setup_failed)?`). [`Endless::with_setup`] runs async setup
+//! inside the runtime instead, which reports its errors the same way, and never runs it in a
+//! stable-pid master ([`ProcessMode::Master`]), which does not serve. A check that must pass
+//! after setup, just before serving, is a readiness gate: [`Endless::ready_when`].
+//!
 //! # Limitations
 //!
 //! - Linux only: it uses `close_range`, `SO_ACCEPTCONN`, `PR_SET_CHILD_SUBREAPER` and, to end
@@ -68,6 +87,10 @@
 //!   `/proc` a drain waits 50 ms after pausing instead). It is tested only there.
 //! - One runtime per process: signals are process-wide. [`Endless::run`] fails with
 //!   [`Error::AlreadyRunning`] if another runs.
+//! - In [`ProcessMode::Master`], the master runs `main` too, up to [`Endless::run`], where it
+//!   becomes the master instead of serving: setup written in `main` before that runs in the
+//!   master as well. Put setup that must not run there (pools, migrations) in
+//!   [`Endless::with_setup`].
 //! - The pid changes on every upgrade. Supervisors that track a pid (supervisord, runit, a
 //!   container whose PID 1 is the server) need the process to be started so that it tolerates
 //!   that (systemd: `Type=notify` with `NotifyAccess=all`, or a wrapper).
@@ -79,7 +102,8 @@
 //!   idempotent requests in that case (RFC 9112 §9.3.1); load generators such as wrk keep their
 //!   connections busy and never hit it.
 //! - `HttpServer::on_connect`, `bind`/`listen` and its signal handling belong to the runtime;
-//!   use [`Endless::on_connect`] and [`Endless::bind`].
+//!   use [`Endless::on_connect`] and [`Endless::bind`] (a `bind` or `listen` inside
+//!   [`Endless::configure`] is a start-up error; see there for what cannot be detected).
 //! - Hooks run on the control thread; a slow hook delays the handling of later signals.
 //! - In [`ProcessMode::Master`], a worker stopped directly (`SIGTERM` to the worker, not the
 //!   master) is restarted by the master like any worker that ended on its own; stop the
@@ -103,6 +127,7 @@ mod child;
 mod config;
 mod decide;
 mod drain;
+mod draining;
 mod error;
 mod event;
 mod hooks;
@@ -117,11 +142,14 @@ mod server;
 mod signals;
 mod sys;
 
-pub use builder::{Endless, Handle};
+pub use builder::{Endless, Handle, SetupFactory};
 pub use config::{HammerTime, ProcessMode};
+pub use draining::{draining, Draining};
 pub use error::{Error, Result};
-pub use hooks::{HookStage, ServingEvent, SignalEvent, UpgradeEvent};
-pub use runtime::generation;
+pub use hooks::{
+    DrainEnd, DrainReason, DrainStart, HookStage, ServingEvent, SignalEvent, UpgradeEvent,
+};
+pub use runtime::{generation, setup_failed};
 pub use server::AppFactory;
 pub use signals::Signal;
 

@@ -88,26 +88,52 @@ pub(crate) struct InheritPlan {
     pub generation: u64,
     /// The master's pid, when this process is a worker in stable-pid mode.
     pub master: Option<u32>,
+    /// Descriptors that were passed without `LISTEN_PID` and ignored, said as a sentence.
+    pub ignored: Option<String>,
+}
+
+/// What to do with descriptors passed without `LISTEN_PID` (as `systemfd --no-pid` passes
+/// them, since a process run through `cargo watch` cannot be known in advance).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Unclaimed {
+    /// Ignore them, as systemd's protocol says (the default).
+    #[default]
+    Ignore,
+    /// Serve on them: for the `systemfd` development loop.
+    Adopt,
 }
 
 /// Parses the inheritance variables for the process `my_pid`. Pure: no descriptor is touched.
 ///
-/// Variables meant for another pid (or with no `LISTEN_PID` at all) are ignored, as systemd
-/// specifies, and the result is a plain first start. Values that are meant for us but malformed
-/// are an [`Error::Env`] that names the variable.
-pub(crate) fn parse(env: &InheritEnv, my_pid: u32) -> Result<InheritPlan> {
+/// Variables meant for another pid are ignored, as systemd specifies, and the result is a
+/// plain first start; so are descriptors passed with no `LISTEN_PID` at all, unless
+/// `unclaimed` says to adopt them. Values that are meant for us but malformed are an
+/// [`Error::Env`] that names the variable.
+pub(crate) fn parse(env: &InheritEnv, my_pid: u32, unclaimed: Unclaimed) -> Result<InheritPlan> {
     let fresh = InheritPlan {
         listeners: Vec::new(),
         ready_fd: None,
         generation: 1,
         master: None,
+        ignored: None,
     };
-    let Some(pid_text) = env.listen_pid.as_deref() else {
-        return Ok(fresh);
-    };
-    let pid: u32 = parse_number(LISTEN_PID, pid_text)?;
-    if pid != my_pid {
-        return Ok(fresh);
+    match (env.listen_pid.as_deref(), env.listen_fds.as_deref(), unclaimed) {
+        (Some(pid_text), _, _) => {
+            let pid: u32 = parse_number(LISTEN_PID, pid_text)?;
+            if pid != my_pid {
+                return Ok(fresh);
+            }
+        }
+        (None, Some(_), Unclaimed::Adopt) => {}
+        (None, Some(fds), Unclaimed::Ignore) => {
+            return Ok(InheritPlan {
+                ignored: Some(format!(
+                    "{LISTEN_FDS}={fds} was passed without {LISTEN_PID} (as `systemfd --no-pid` does) and is ignored; to serve on those descriptors, opt in with Endless::adopt_unclaimed_fds() (the examples: ENDLESS_ADOPT_UNCLAIMED_FDS=1)"
+                )),
+                ..fresh
+            })
+        }
+        (None, None, _) => return Ok(fresh),
     }
     let count: usize = match env.listen_fds.as_deref() {
         None => 0,
@@ -194,6 +220,7 @@ pub(crate) fn parse(env: &InheritEnv, my_pid: u32) -> Result<InheritPlan> {
         ready_fd,
         generation,
         master,
+        ignored: None,
     })
 }
 
@@ -461,104 +488,4 @@ pub(crate) fn assemble(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(pid: &str, fds: &str) -> InheritEnv {
-        InheritEnv {
-            listen_pid: Some(pid.into()),
-            listen_fds: Some(fds.into()),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn no_variables_is_a_fresh_start() {
-        let plan = parse(&InheritEnv::default(), 42).unwrap();
-        assert!(plan.listeners.is_empty());
-        assert_eq!(plan.generation, 1);
-    }
-
-    #[test]
-    fn other_pid_is_ignored() {
-        let plan = parse(&env("41", "2"), 42).unwrap();
-        assert!(plan.listeners.is_empty());
-    }
-
-    #[test]
-    fn fds_and_names_are_numbered_from_three() {
-        let mut e = env("42", "2");
-        e.listen_fdnames = Some("web:admin".into());
-        e.ready_fd = Some("5".into());
-        e.generation = Some("7".into());
-        let plan = parse(&e, 42).unwrap();
-        assert_eq!(plan.listeners, vec![(3, "web".into()), (4, "admin".into())]);
-        assert_eq!(plan.ready_fd, Some(5));
-        assert_eq!(plan.generation, 7);
-    }
-
-    #[test]
-    fn garbage_names_the_variable() {
-        let err = parse(&env("42", "two"), 42).unwrap_err().to_string();
-        assert!(err.contains("LISTEN_FDS"), "{err}");
-        let err = parse(&env("x", "1"), 42).unwrap_err().to_string();
-        assert!(err.contains("LISTEN_PID"), "{err}");
-        let mut e = env("42", "2");
-        e.listen_fdnames = Some("one".into());
-        assert!(parse(&e, 42)
-            .unwrap_err()
-            .to_string()
-            .contains("LISTEN_FDNAMES"));
-        let mut e = env("42", "1");
-        e.ready_fd = Some("3".into());
-        assert!(parse(&e, 42).unwrap_err().to_string().contains(READY_FD));
-        let mut e = env("42", "1");
-        e.generation = Some("0".into());
-        assert!(parse(&e, 42).unwrap_err().to_string().contains(GENERATION));
-        let err = parse(&env("42", "99999999999999999999999"), 42).unwrap_err();
-        assert!(err.to_string().contains("LISTEN_FDS"));
-    }
-
-    #[test]
-    fn parser_never_panics_on_arbitrary_input() {
-        // A deterministic property test: every combination of awkward values.
-        let samples = [
-            "",
-            "0",
-            "1",
-            "3",
-            "-1",
-            "+1",
-            " 1",
-            "1 ",
-            "4096",
-            "4097",
-            "18446744073709551616",
-            "0x10",
-            "ünï",
-            ":",
-            "a:b",
-            "::",
-            "\u{1}",
-            "2147483647",
-            "2147483648",
-        ];
-        for pid in ["42", "x", ""] {
-            for fds in samples {
-                for names in samples {
-                    for other in samples {
-                        let e = InheritEnv {
-                            listen_pid: Some(pid.into()),
-                            listen_fds: Some(fds.into()),
-                            listen_fdnames: Some(names.into()),
-                            ready_fd: Some(other.into()),
-                            generation: Some(other.into()),
-                            master_pid: Some(other.into()),
-                        };
-                        let _ = parse(&e, 42);
-                    }
-                }
-            }
-        }
-    }
-}
+mod tests;

@@ -16,66 +16,28 @@
 //! every child, orphans included, so it can run as a container's PID 1. It is event driven:
 //! child exits arrive as `SIGCHLD`, and it sleeps unless a restart is scheduled.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 
-use crate::child::{self, Executable, News, Process, Role};
+use crate::child::{self, Executable, News, Role};
 use crate::config::Settings;
 use crate::decide::{self, MIN_BACKOFF};
 use crate::error::{Error, Result};
-use crate::event::Event;
+use crate::event::{self, Event};
 use crate::listeners::Listener;
 use crate::notify;
 use crate::report::{self, Reporter, SocketFiles};
 use crate::signals::{Action, Signal};
 use crate::sys::{self, Exit, OsSignal};
 
+mod phase;
+
+use phase::{describe, Phase, Starting, Stop, Worker};
+
 /// How long a worker that is given up on has to end by itself before its group is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(1);
-
-/// A worker process and when it started.
-#[derive(Debug, Clone, Copy)]
-struct Worker {
-    process: Process,
-    since: Instant,
-}
-
-/// A worker started but not ready yet.
-#[derive(Debug)]
-struct Starting {
-    worker: Worker,
-    /// The signal that asked for it, whose post hooks run when it is ready or failed.
-    signal: Option<Signal>,
-    /// How it ended, if its exit was reaped before its readiness pipe told.
-    exited: Option<Exit>,
-}
-
-/// How the master is stopping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
-    Graceful,
-    Forced,
-}
-
-/// Where the master is.
-#[derive(Debug)]
-enum Phase {
-    /// The first worker is starting: if it fails, the service fails.
-    FirstStart(Starting),
-    /// A worker serves; a new one may be starting (an upgrade).
-    Running {
-        current: Worker,
-        next: Option<Starting>,
-    },
-    /// No worker serves (the last one died); a new one starts at `restart_at`.
-    Down { restart_at: Instant },
-    /// No worker serves; a replacement is starting.
-    Replacing(Starting),
-    /// Stopping: waiting for the workers to exit.
-    Stopping { how: Stop, current: Option<Worker> },
-}
 
 /// The stable-pid master: owns the workers, the sockets and the service's exit status.
 pub(crate) struct Master {
@@ -95,6 +57,8 @@ pub(crate) struct Master {
     exit: Option<(u32, Exit)>,
     /// Why the service could not start.
     failure: Option<Error>,
+    /// When the stop began, and when its progress was last reported.
+    stopping: Option<(Instant, Instant)>,
 }
 
 impl Master {
@@ -118,6 +82,7 @@ impl Master {
             ever_ready: false,
             exit: None,
             failure: None,
+            stopping: None,
         }
     }
 
@@ -140,22 +105,26 @@ impl Master {
         // Children that ended before the signal handler was installed.
         phase = self.reap(phase);
         while !self.finished(&phase) {
-            let event = match &phase {
-                Phase::Down { restart_at } => {
-                    match rx.recv_timeout(restart_at.saturating_duration_since(Instant::now())) {
-                        Ok(event) => Some(event),
-                        Err(RecvTimeoutError::Timeout) => None,
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-                _ => match rx.recv() {
-                    Ok(event) => Some(event),
-                    Err(_) => break,
-                },
+            let now = Instant::now();
+            let restart = match &phase {
+                Phase::Down { restart_at } => Some(restart_at.saturating_duration_since(now)),
+                _ => None,
+            };
+            let progress = self.stopping.map(|(_, reported)| {
+                (reported + decide::PROGRESS_EVERY).saturating_duration_since(now)
+            });
+            let wake = [restart, progress, self.reporter.watchdog_due_in()]
+                .into_iter()
+                .flatten()
+                .min();
+            let Ok(event) = event::next(&rx, wake) else {
+                break;
             };
             if let Some(event) = event {
                 phase = self.on_event(phase, event);
             }
+            self.reporter.watchdog();
+            self.report_progress(&phase);
             if let Phase::Down { restart_at } = phase {
                 if Instant::now() >= restart_at {
                     phase = self.restart();
@@ -174,6 +143,33 @@ impl Master {
                 status: exit.to_string(),
             }),
         }
+    }
+
+    /// During a stop, every few seconds: how many workers still drain.
+    fn report_progress(&mut self, phase: &Phase) {
+        let Some((since, reported)) = &mut self.stopping else {
+            return;
+        };
+        if reported.elapsed() < decide::PROGRESS_EVERY {
+            return;
+        }
+        *reported = Instant::now();
+        let since = *since;
+        let current = match phase {
+            Phase::Stopping { current, .. } => *current,
+            _ => None,
+        };
+        let workers: Vec<String> = self.draining.iter().chain(&current).map(describe).collect();
+        self.reporter.progress(
+            &format!(
+                "{} worker(s) still draining ({})",
+                workers.len(),
+                workers.join(", ")
+            ),
+            since.elapsed(),
+            self.settings.hammer_time,
+            true,
+        );
     }
 
     fn finished(&self, phase: &Phase) -> bool {
@@ -241,6 +237,8 @@ impl Master {
                     }
                     other => {
                         info!("{who}: graceful stop: draining the workers");
+                        let now = Instant::now();
+                        self.stopping = Some((now, now));
                         self.reporter
                             .notify(&["STOPPING=1", "STATUS=stopping: draining the workers"]);
                         let current = self.abandon_next(other);
@@ -276,6 +274,8 @@ impl Master {
     }
 
     fn stop_forced(&mut self, phase: Phase) -> Phase {
+        let now = Instant::now();
+        self.stopping.get_or_insert((now, now));
         self.reporter
             .notify(&["STOPPING=1", "STATUS=stopping: closing every connection"]);
         let current = self.abandon_next(phase);
@@ -409,73 +409,31 @@ impl Master {
         };
         let error = match news {
             News::Ready => return self.promote(current, starting),
-            // It is usually exiting: give it a moment, so its own status is what we report.
-            News::Closed => {
-                let status = match starting.exited {
-                    Some(exit) => Some(exit),
-                    None => starting.worker.process.abandon(None, EXIT_GRACE),
-                };
-                Error::ChildExited {
-                    pid,
-                    status: status
-                        .map_or_else(|| "closed the readiness pipe".to_owned(), |e| e.to_string()),
-                }
-            }
-            News::TimedOut => {
-                self.give_up(
-                    &starting,
-                    "it did not report ready in time",
-                    Some(OsSignal::SIGTERM),
-                );
-                Error::ReadyTimeout {
-                    pid,
-                    timeout: self.settings.upgrade_timeout,
-                }
-            }
-            News::Failed(source) => {
-                self.give_up(
-                    &starting,
-                    "its readiness pipe failed",
-                    Some(OsSignal::SIGTERM),
-                );
-                Error::Io {
-                    context: "reading the readiness pipe",
-                    source,
-                }
-            }
-            News::Refused(reason) => {
-                self.give_up(&starting, "its readiness gate failed", None);
-                Error::NotReady { pid, reason }
-            }
-            other @ (News::Resigned | News::Died) => {
-                self.give_up(
-                    &starting,
-                    "its readiness pipe failed",
-                    Some(OsSignal::SIGTERM),
-                );
-                Error::Io {
-                    context: "reading the readiness pipe",
-                    source: std::io::Error::other(format!("{other:?} before ready")),
-                }
-            }
+            other => other.failure(pid, self.settings.upgrade_timeout, |why, first| {
+                self.give_up(&starting, why, first)
+            }),
         };
         self.worker_failed(current, Some(starting.worker), error, starting.signal)
     }
 
     /// Gives up on a starting worker: kills its process group and reaps it (unless its exit
     /// was reaped already).
-    fn give_up(&self, starting: &Starting, why: &str, first: Option<OsSignal>) {
+    fn give_up(&self, starting: &Starting, why: &str, first: Option<OsSignal>) -> String {
         let worker = &starting.worker;
         let status = match starting.exited {
-            Some(exit) => Some(exit),
+            Some(exit) => {
+                worker.process.kill_descendants();
+                Some(exit)
+            }
             None => worker.process.abandon(first, EXIT_GRACE),
         };
+        let status = status.map_or_else(|| "not reaped".to_owned(), |e| e.to_string());
         warn!(
-            "{}: abandoning {} {why}: {}",
+            "{}: abandoning {} ({why}): {status}",
             self.reporter.who,
-            describe(worker),
-            status.map_or_else(|| "not reaped".to_owned(), |e| e.to_string())
+            describe(worker)
         );
+        status
     }
 
     /// A new worker is ready: it becomes the current one and the old one drains.
@@ -586,11 +544,4 @@ impl Master {
             }
         }
     }
-}
-
-fn describe(worker: &Worker) -> String {
-    format!(
-        "worker generation {} (pid {})",
-        worker.process.generation, worker.process.pid
-    )
 }

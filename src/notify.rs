@@ -58,3 +58,14 @@ pub(crate) fn monotonic_usec() -> String {
         .unwrap_or(0);
     format!("MONOTONIC_USEC={now}")
 }
+
+/// How often to send `WATCHDOG=1`: half of `WATCHDOG_USEC`, when systemd set it (and
+/// `WATCHDOG_PID`, if set, names this process or the process that started it, which this one
+/// replaces on an upgrade).
+pub(crate) fn watchdog_interval() -> Option<std::time::Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
+    if usec == 0 {
+        return None;
+    }
+    Some(std::time::Duration::from_micros(usec / 2).max(std::time::Duration::from_millis(1)))
+}

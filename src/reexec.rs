@@ -6,17 +6,17 @@
 //! [`decide::drain`]; this loop only measures, logs and acts.
 
 use std::os::fd::RawFd;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
 use crate::child::{self, Executable, News, ParentPipe, Process, Role};
 use crate::config::Settings;
-use crate::decide::{self, Acceptor, DrainVerdict, DrainView};
 use crate::drain::TRACKER;
 use crate::error::Error;
-use crate::event::Event;
+use crate::event::{self, Event};
+use crate::hooks::{DrainReason, DrainStart};
 use crate::listeners::Listener;
 use crate::notify;
 use crate::report::{self, Reporter, SocketFiles};
@@ -57,6 +57,12 @@ struct Upgrade {
 /// A drain in progress.
 struct Drain {
     since: Instant,
+    cause: DrainReason,
+    /// Connections open, and ever opened, when it began.
+    connections_at_start: usize,
+    opened_at_start: usize,
+    /// When progress was last reported.
+    reported: Instant,
     /// The new generation this process handed over to. While it is the newest serving
     /// generation, its death gives the sockets back to this process.
     successor: Option<Process>,
@@ -69,6 +75,8 @@ pub(crate) struct Outcome {
     pub(crate) reporter: Reporter,
     pub(crate) failure: Option<Error>,
 }
+
+mod drain_check;
 
 /// Owns the lifecycle of a serving process: everything but the server itself.
 pub(crate) struct Control {
@@ -99,18 +107,15 @@ impl Control {
     pub(crate) fn run(mut self, rx: Receiver<Event>) -> Outcome {
         let mut state = State::Starting;
         loop {
-            let event = if matches!(state, State::Draining(_)) {
-                match rx.recv_timeout(DRAIN_POLL) {
-                    Ok(event) => Some(event),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
-            } else {
-                match rx.recv() {
-                    Ok(event) => Some(event),
-                    Err(_) => break,
-                }
+            let watchdog = self.reporter.watchdog_due_in();
+            let wake = match &state {
+                State::Draining(_) => Some(watchdog.map_or(DRAIN_POLL, |w| w.min(DRAIN_POLL))),
+                _ => watchdog,
             };
+            let Ok(event) = event::next(&rx, wake) else {
+                break;
+            };
+            self.reporter.watchdog();
             state = match event {
                 Some(Event::ServerStopped) => break,
                 Some(event) => self.on_event(state, event),
@@ -343,35 +348,9 @@ impl Control {
                 self.reporter.post(signal);
                 return self.start_drain(Some(child));
             }
-            News::Closed => {
-                let status = self.give_up(&child, "it closed the readiness pipe", None);
-                Error::ChildExited { pid, status }
-            }
-            News::TimedOut => {
-                self.give_up(
-                    &child,
-                    "it did not report ready in time",
-                    Some(OsSignal::SIGTERM),
-                );
-                Error::ReadyTimeout {
-                    pid,
-                    timeout: self.settings.upgrade_timeout,
-                }
-            }
-            News::Refused(reason) => {
-                self.give_up(&child, "its readiness gate failed", None);
-                Error::NotReady { pid, reason }
-            }
-            other => {
-                self.give_up(&child, "its readiness pipe failed", Some(OsSignal::SIGTERM));
-                Error::Io {
-                    context: "reading the readiness pipe",
-                    source: match other {
-                        News::Failed(source) => source,
-                        other => std::io::Error::other(format!("{other:?} before ready")),
-                    },
-                }
-            }
+            other => other.failure(pid, self.settings.upgrade_timeout, |why, first| {
+                self.give_up(&child, why, first)
+            }),
         };
         self.upgrade_failed(error, signal)
     }
@@ -434,6 +413,7 @@ impl Control {
     fn force_stop(&mut self, state: State, why: &str) -> State {
         match state {
             State::Stopping => return State::Stopping,
+            State::Draining(drain) => self.end_drain(&drain, 0, TRACKER.connections()),
             State::Upgrading(upgrade) => {
                 self.give_up(
                     &upgrade.child,
@@ -477,52 +457,29 @@ impl Control {
             TRACKER.in_flight(),
             self.settings.hammer_time
         );
+        let cause = if successor.is_some() {
+            DrainReason::Upgrade
+        } else {
+            DrainReason::Stop
+        };
+        let (connections, in_flight) = (TRACKER.connections(), TRACKER.in_flight());
+        self.reporter.drain_start(DrainStart {
+            pid: who.pid,
+            generation: who.generation(),
+            reason: cause,
+            connections,
+            in_flight,
+        });
+        let now = Instant::now();
         State::Draining(Drain {
-            since: Instant::now(),
+            since: now,
+            cause,
+            connections_at_start: connections,
+            opened_at_start: TRACKER.opened(),
+            reported: now,
             successor,
             acceptor_paused: false,
         })
-    }
-
-    fn check_drain(&mut self, mut drain: Drain) -> State {
-        let who = self.reporter.who;
-        let elapsed = drain.since.elapsed();
-        if !drain.acceptor_paused {
-            let watching = sys::epoll_watches_any(&self.acceptor_fds).ok();
-            drain.acceptor_paused = match decide::acceptor(watching, elapsed) {
-                Acceptor::Paused => true,
-                Acceptor::Waiting => false,
-                Acceptor::GaveUp => {
-                    warn!("{who}: the acceptor still watches its sockets {elapsed:?} after the pause; draining regardless");
-                    true
-                }
-            };
-        }
-        let view = DrainView {
-            elapsed,
-            acceptor_paused: drain.acceptor_paused,
-            connections: TRACKER.connections(),
-            in_flight: TRACKER.in_flight(),
-            idle_for: TRACKER.idle_for(),
-        };
-        let verdict = decide::drain(
-            &view,
-            self.settings.idle_close_after,
-            self.settings.hammer_time,
-            || sys::count_accepted(&self.listening).ok(),
-        );
-        match verdict {
-            DrainVerdict::Wait => return State::Draining(drain),
-            DrainVerdict::Drained => info!("{who}: drained in {elapsed:?}"),
-            DrainVerdict::CloseIdle { connections } => info!(
-                "{who}: drained in {elapsed:?}; closing {connections} idle keep-alive connection(s)"
-            ),
-            DrainVerdict::Hammer {
-                connections,
-                in_flight,
-            } => warn!("{who}: hammer time after {elapsed:?}: forcing {connections} connection(s) with {in_flight} request(s) in flight closed"),
-        }
-        self.stop_server()
     }
 
     /// The successor died while it was the newest serving generation and this process was

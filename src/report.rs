@@ -7,13 +7,18 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
+use crate::config::HammerTime;
+use crate::decide;
 use crate::error::{Error, Result};
-use crate::hooks::{run_guarded, HookStage, Hooks, ServingEvent, UpgradeEvent};
+use crate::hooks::{
+    run_guarded, DrainEnd, DrainStart, HookStage, Hooks, ServingEvent, UpgradeEvent,
+};
 use crate::listeners::{Listener, Socket};
-use crate::notify::Notifier;
+use crate::notify::{self, Notifier};
 use crate::pidfile;
 use crate::signals::Signal;
 use crate::sys;
@@ -61,6 +66,8 @@ pub(crate) struct Reporter {
     pid_file: Option<PathBuf>,
     /// Stop signals whose post hooks run once the process has stopped.
     final_signals: Vec<Signal>,
+    /// How often systemd wants `WATCHDOG=1`, and when it was last sent.
+    watchdog: Option<(Duration, Instant)>,
 }
 
 impl Reporter {
@@ -70,12 +77,17 @@ impl Reporter {
         notifier: Option<Notifier>,
         pid_file: Option<PathBuf>,
     ) -> Reporter {
+        let watchdog = notifier
+            .as_ref()
+            .and(notify::watchdog_interval())
+            .map(|every| (every, Instant::now()));
         Reporter {
             who,
             hooks,
             notifier,
             pid_file,
             final_signals: Vec::new(),
+            watchdog,
         }
     }
 
@@ -85,6 +97,40 @@ impl Reporter {
             if let Err(e) = notifier.send(lines) {
                 warn!("{}: cannot notify systemd: {e}", self.who);
             }
+        }
+    }
+
+    /// How long until the next `WATCHDOG=1` is due (`None`: no watchdog).
+    pub(crate) fn watchdog_due_in(&self) -> Option<Duration> {
+        self.watchdog
+            .map(|(every, sent)| every.saturating_sub(sent.elapsed()))
+    }
+
+    /// Sends `WATCHDOG=1` if it is due.
+    pub(crate) fn watchdog(&mut self) {
+        if let Some((every, sent)) = &mut self.watchdog {
+            if sent.elapsed() >= *every {
+                *sent = Instant::now();
+                self.notify(&["WATCHDOG=1"]);
+            }
+        }
+    }
+
+    /// A long drain's progress: `what` (e.g. `2 connection(s), 1 request(s) in flight`) in the
+    /// log and, for a stop, in `STATUS=` with `EXTEND_TIMEOUT_USEC=`, so that systemd's stop
+    /// timeout follows the hammer time.
+    pub(crate) fn progress(&self, what: &str, elapsed: Duration, hammer: HammerTime, stop: bool) {
+        let (left, extend) = decide::time_left(hammer, elapsed);
+        let left = match left {
+            Some(left) => format!("{}s before hammer time", left.as_secs()),
+            None => "no hammer time".to_owned(),
+        };
+        info!("{}: draining for {elapsed:.1?}: {what}, {left}", self.who);
+        if stop {
+            self.notify(&[
+                &format!("STATUS=stopping: draining {what}, {left}"),
+                &format!("EXTEND_TIMEOUT_USEC={}", extend.as_micros()),
+            ]);
         }
     }
 
@@ -153,6 +199,24 @@ impl Reporter {
         };
         for hook in &self.hooks.upgrade_ready {
             run_guarded("upgrade-ready", || hook(&event));
+        }
+    }
+
+    /// A drain began.
+    pub(crate) fn drain_start(&self, event: DrainStart) {
+        for hook in &self.hooks.drain_start {
+            run_guarded("drain-start", || hook(&event));
+        }
+    }
+
+    /// A drain ended: logs how, and runs the drain-end hooks.
+    pub(crate) fn drain_end(&self, event: DrainEnd) {
+        info!(
+            "{}: drain ended after {:?}: {} connection(s) ended on their own, {} idle closed, {} cut",
+            self.who, event.duration, event.ended_on_their_own, event.idle_closed, event.cut
+        );
+        for hook in &self.hooks.drain_end {
+            run_guarded("drain-end", || hook(&event));
         }
     }
 

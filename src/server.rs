@@ -92,6 +92,19 @@ where
     for step in configure {
         server = step(server);
     }
+    let bound = server.addrs();
+    if !bound.is_empty() {
+        let bound: Vec<String> = bound.iter().map(ToString::to_string).collect();
+        return Err(Error::Config {
+            setting: "configure",
+            reason: format!(
+                "HttpServer::bind or listen was called inside configure (on {}): the runtime owns \
+the listening sockets and hands them to every generation; use Endless::bind, Endless::bind_uds \
+or Endless::bind_rustls instead",
+                bound.join(", ")
+            ),
+        });
+    }
     server = server
         .on_connect(move |io, ext| drain::on_connect(on_connect.as_ref(), io, ext))
         .disable_signals();
@@ -219,5 +232,39 @@ fn block_on_for<Fut: Future>(fut: Fut, timeout: Duration) -> bool {
             return false;
         }
         std::thread::park_timeout(left);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_service::IntoServiceFactory;
+    use actix_web::body::BoxBody;
+
+    use super::*;
+
+    /// Builds a server for the application `_app` makes, with one `configure` step that binds.
+    fn bind_in_configure<S, I>(_app: fn() -> I) -> Result<Built>
+    where
+        S: AppFactory<BoxBody>,
+        I: IntoServiceFactory<S, actix_http::Request>,
+    {
+        let step: Configure<S, BoxBody> =
+            Box::new(|server| server.bind("127.0.0.1:0").expect("binding a free port"));
+        build(&ServerSettings::default(), vec![step], None, &[])
+    }
+
+    #[test]
+    fn bind_inside_configure_is_an_error_naming_the_builder_method() {
+        let result =
+            actix_rt::System::new().block_on(async { bind_in_configure(actix_web::App::new) });
+        let Err(Error::Config { setting, reason }) = result else {
+            panic!("binding inside configure was accepted");
+        };
+        assert_eq!(setting, "configure");
+        assert!(reason.contains("use Endless::bind"), "{reason}");
+        assert!(
+            reason.contains("127.0.0.1:"),
+            "the address is not named: {reason}"
+        );
     }
 }

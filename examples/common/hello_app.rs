@@ -15,8 +15,10 @@ pub fn main(release: &'static str) {
     common::init_logging();
     let options = Options::parse(ABOUT);
     let endless = actix_endless::Endless::new(move || App::new().configure(routes(release)));
-    let endless = common::bind_all(endless, &options);
-    common::exit_on_error(common::configure(endless, &options).run());
+    match common::bind_all(endless, &options) {
+        Ok(endless) => common::exit_on_error(common::configure(endless, &options).run_blocking()),
+        Err(e) => common::exit_on_error(Err(e)),
+    }
 }
 
 /// The demo's routes, answering as `release`.
@@ -25,7 +27,9 @@ pub fn routes(release: &'static str) -> impl Fn(&mut web::ServiceConfig) {
         cfg.app_data(web::Data::new(release))
             .route("/", web::get().to(greet))
             .route("/pid", web::get().to(pid))
-            .route("/sleep/{ms}", web::get().to(sleep));
+            .route("/sleep/{ms}", web::get().to(sleep))
+            .route("/ws", web::get().to(crate::streams::ws))
+            .route("/events", web::get().to(crate::streams::events));
     }
 }
 

@@ -92,6 +92,15 @@ pub struct Options {
     )]
     pub master: bool,
 
+    /// Serve on listening descriptors passed without LISTEN_PID, as `systemfd --no-pid` passes
+    /// them (the development loop: `systemfd --no-pid -s http::8080 -- cargo watch -x run`).
+    #[arg(
+        long,
+        env = "ENDLESS_ADOPT_UNCLAIMED_FDS",
+        value_parser = BoolishValueParser::new()
+    )]
+    pub adopt_unclaimed_fds: bool,
+
     /// Wait this long in the readiness gate before serving (for tests and demos).
     #[arg(
         long,
@@ -246,23 +255,29 @@ pub fn init_logging() {
 }
 
 /// Serves on every `--bind` address: `unix:PATH` is a Unix domain socket, anything else TCP.
+/// An address that cannot be used (one that does not resolve) is an error naming it.
 pub fn bind_all<F, I, S, B>(
     mut endless: actix_endless::Endless<F, I, S, B>,
     options: &Options,
-) -> actix_endless::Endless<F, I, S, B>
+) -> std::io::Result<actix_endless::Endless<F, I, S, B>>
 where
-    F: Fn() -> I + Send + Clone + 'static,
+    F: Fn() -> I + Send + 'static,
     I: actix_service::IntoServiceFactory<S, actix_http::Request>,
     S: actix_endless::AppFactory<B>,
     B: actix_web::body::MessageBody + 'static,
 {
     for bind in &options.binds {
-        endless = match bind.strip_prefix("unix:") {
+        let bound = match bind.strip_prefix("unix:") {
             Some(path) => endless.bind_uds(path),
             None => endless.bind(bind.as_str()),
         };
+        endless = bound.map_err(|e| {
+            let e = std::io::Error::new(e.kind(), format!("cannot listen on {bind}: {e}"));
+            log::error!("pid {}: {e}", std::process::id());
+            e
+        })?;
     }
-    endless
+    Ok(endless)
 }
 
 /// Applies the common options (all but the addresses) and logs `hook: pre|post SIGNAME` for every handled signal.
@@ -271,7 +286,7 @@ pub fn configure<F, I, S, B>(
     options: &Options,
 ) -> actix_endless::Endless<F, I, S, B>
 where
-    F: Fn() -> I + Send + Clone + 'static,
+    F: Fn() -> I + Send + 'static,
     I: actix_service::IntoServiceFactory<S, actix_http::Request>,
     S: actix_endless::AppFactory<B>,
     B: actix_web::body::MessageBody + 'static,
@@ -281,6 +296,9 @@ where
     }
     if let Some(workers) = options.workers {
         endless = endless.workers(workers);
+    }
+    if options.adopt_unclaimed_fds {
+        endless = endless.adopt_unclaimed_fds();
     }
     if options.ready_delay.is_some() || options.ready_fail {
         let (delay, fail) = (options.ready_delay, options.ready_fail);

@@ -4,7 +4,8 @@
 //! never became ready, and weaker spots at start-up.
 //!
 //! Real processes, real signals, real sockets; every process a test starts is killed by pid
-//! when it ends (`Server`, `Guarded`, `KillOnDrop`).
+//! when it ends (`Server`, `Guarded`, `KillOnDrop`, and `KillMentioning` for any generation
+//! of a `Server` whose pid the test never read).
 
 mod fault_support;
 mod regression_support;

@@ -714,3 +714,57 @@ pub fn unix_load(path: &Path, mode: Mode) -> LoadClient {
     let path = path.to_owned();
     LoadClient::start_with(mode, "unix ", move || unix_connect(&path))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Passing descriptors by hand
+// ---------------------------------------------------------------------------------------------
+
+/// Makes `command` start with `fds` at descriptors 3, 4, ... (close-on-exec cleared), as
+/// systemd and `systemfd` place the sockets they pass. Sets no variable: the caller sets
+/// `LISTEN_FDS` (and `LISTEN_PID`, or not) itself.
+///
+/// Returns the close-on-exec copies the child's `dup2` reads from; keep them until the
+/// command has been spawned, then drop them.
+pub fn pass_fds(command: &mut Command, fds: &[BorrowedFd<'_>]) -> Vec<std::os::fd::OwnedFd> {
+    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+    use std::os::unix::process::CommandExt;
+
+    let count = RawFd::try_from(fds.len()).expect("a few fds");
+    // Copies numbered above the target range, so that no dup2 overwrites a source a later one
+    // still needs.
+    let sources: Vec<OwnedFd> = fds
+        .iter()
+        .map(|fd| {
+            // SAFETY: F_DUPFD_CLOEXEC on an open descriptor returns a new descriptor (or -1),
+            // which nothing else owns.
+            let copy = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3 + count) };
+            assert!(copy >= 0, "F_DUPFD_CLOEXEC: {}", io::Error::last_os_error());
+            // SAFETY: `copy` was just returned by fcntl and is owned by nobody else.
+            unsafe { OwnedFd::from_raw_fd(copy) }
+        })
+        .collect();
+    let raw: Vec<RawFd> = sources.iter().map(AsRawFd::as_raw_fd).collect();
+    // SAFETY: the closure runs between fork and exec and only calls dup2, which is
+    // async-signal-safe; it allocates nothing and reads `raw`, allocated before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            for (target, &source) in (3..).zip(&raw) {
+                if libc::dup2(source, target) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    sources
+}
+
+/// The inode of the socket at descriptor `fd` of process `pid`, if that is a socket.
+pub fn socket_inode_of(pid: i32, fd: i32) -> Option<u64> {
+    let link = fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    link.to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}

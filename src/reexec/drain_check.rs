@@ -1,0 +1,90 @@
+//! The drain check of a serving process: measure, ask [`decide::drain`], report, act.
+
+use std::time::Instant;
+
+use log::{info, warn};
+
+use super::{Control, Drain, State};
+use crate::decide::{self, Acceptor, DrainVerdict, DrainView};
+use crate::drain::TRACKER;
+use crate::hooks::{DrainEnd, DrainReason};
+use crate::sys;
+
+impl Control {
+    pub(super) fn check_drain(&mut self, mut drain: Drain) -> State {
+        let who = self.reporter.who;
+        let elapsed = drain.since.elapsed();
+        if !drain.acceptor_paused {
+            let watching = sys::epoll_watches_any(&self.acceptor_fds).ok();
+            drain.acceptor_paused = match decide::acceptor(watching, elapsed) {
+                Acceptor::Paused => true,
+                Acceptor::Waiting => false,
+                Acceptor::GaveUp => {
+                    warn!("{who}: the acceptor still watches its sockets {elapsed:?} after the pause; draining regardless");
+                    true
+                }
+            };
+        }
+        let view = DrainView {
+            elapsed,
+            acceptor_paused: drain.acceptor_paused,
+            connections: TRACKER.connections(),
+            in_flight: TRACKER.in_flight(),
+            idle_for: TRACKER.idle_for(),
+        };
+        let verdict = decide::drain(
+            &view,
+            self.settings.idle_close_after,
+            self.settings.hammer_time,
+            || sys::count_accepted(&self.listening).ok(),
+        );
+        let (idle, cut) = match verdict {
+            DrainVerdict::CloseIdle { connections } => (connections, 0),
+            DrainVerdict::Hammer { connections, .. } => (0, connections),
+            _ => (0, 0),
+        };
+        match verdict {
+            DrainVerdict::Wait => {
+                if drain.reported.elapsed() >= decide::PROGRESS_EVERY {
+                    drain.reported = Instant::now();
+                    self.reporter.progress(
+                        &format!(
+                            "{} connection(s), {} request(s) in flight",
+                            view.connections, view.in_flight
+                        ),
+                        elapsed,
+                        self.settings.hammer_time,
+                        drain.cause == DrainReason::Stop,
+                    );
+                }
+                return State::Draining(drain);
+            }
+            DrainVerdict::Drained => info!("{who}: drained in {elapsed:?}"),
+            DrainVerdict::CloseIdle { connections } => info!(
+                "{who}: drained in {elapsed:?}; closing {connections} idle keep-alive connection(s)"
+            ),
+            DrainVerdict::Hammer {
+                connections,
+                in_flight,
+            } => warn!("{who}: hammer time after {elapsed:?}: forcing {connections} connection(s) with {in_flight} request(s) in flight closed"),
+        }
+        self.end_drain(&drain, idle, cut);
+        self.stop_server()
+    }
+
+    /// Reports how a drain ended: `idle` connections closed idle, `cut` closed by force.
+    pub(super) fn end_drain(&self, drain: &Drain, idle: usize, cut: usize) {
+        let who = self.reporter.who;
+        let seen =
+            drain.connections_at_start + TRACKER.opened().saturating_sub(drain.opened_at_start);
+        self.reporter.drain_end(DrainEnd {
+            pid: who.pid,
+            generation: who.generation(),
+            reason: drain.cause,
+            duration: drain.since.elapsed(),
+            ended_on_their_own: seen.saturating_sub(idle + cut),
+            idle_closed: idle,
+            cut,
+        });
+    }
+}
