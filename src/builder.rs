@@ -164,6 +164,27 @@ where
         self
     }
 
+    /// A commit window after each upgrade (off by default): once the new generation reported
+    /// ready, the old one stops accepting and drains as usual, but stays alive, paused, with
+    /// the listening sockets until `window` has passed since the hand-over (or hammer time
+    /// comes first). If the new generation dies within it, the old one takes over again and
+    /// the upgrade's outcome on the control socket is `failed` ("rolled back"). Re-exec mode
+    /// only: in [`ProcessMode::Master`] the master replaces a worker that dies at any time.
+    pub fn commit_after(mut self, window: Duration) -> Self {
+        self.settings.commit_after = Some(window);
+        self
+    }
+
+    /// Answers deploy scripts on a Unix socket at `path` (created with mode 0600; only its
+    /// owner and root may use it): `upgrade` streams the upgrade's progress and its outcome,
+    /// `status` and `stop` do what they say (see [`crate::ctl`] for the client, and the
+    /// README for the protocol). The serving generation answers (in
+    /// [`ProcessMode::Master`], the master); the socket is handed over on upgrades.
+    pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.settings.control_socket = Some(path.into());
+        self
+    }
+
     /// Serves on listening descriptors passed without `LISTEN_PID`, as `systemfd --no-pid`
     /// passes them in the development loop actix-web's docs recommend
     /// (`systemfd --no-pid -s http::8080 -- cargo watch -x run`). Off by default: systemd's

@@ -133,7 +133,7 @@ pub(crate) struct Spawned {
 /// Starts `generation` with `listeners` at fds 3.. and the readiness pipe after them.
 pub(crate) fn spawn(
     exe: &Executable,
-    listeners: &[Listener],
+    listeners: &[&Listener],
     generation: u64,
     role: Role,
 ) -> Result<Spawned> {

@@ -68,6 +68,8 @@ pub(crate) struct Settings {
     pub(crate) unix_socket_mode: Option<u32>,
     pub(crate) mode: ProcessMode,
     pub(crate) unclaimed: Unclaimed,
+    pub(crate) control_socket: Option<PathBuf>,
+    pub(crate) commit_after: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -82,6 +84,8 @@ impl Default for Settings {
             unix_socket_mode: None,
             mode: ProcessMode::Reexec,
             unclaimed: Unclaimed::Ignore,
+            control_socket: None,
+            commit_after: None,
         }
     }
 }

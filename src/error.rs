@@ -82,6 +82,12 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// An upgrade asked for on the control socket did not take (or the server refused the
+    /// request), and why.
+    UpgradeFailed {
+        /// The server's reason.
+        reason: String,
+    },
     /// The new generation did not report ready within the upgrade timeout.
     ReadyTimeout {
         /// Its pid.
@@ -135,6 +141,7 @@ impl fmt::Display for Error {
                     "new process {pid} ended ({status}) before it reported ready"
                 )
             }
+            Error::UpgradeFailed { reason } => write!(f, "{reason}"),
             Error::NotReady { pid, reason } => {
                 write!(f, "new process {pid} is not ready: {reason}")
             }

@@ -5,6 +5,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
 use crate::child::News;
+use crate::control::Request;
 use crate::signals::{Action, Signal};
 
 /// One thing that happened, for the control loop of either process mode.
@@ -20,6 +21,8 @@ pub(crate) enum Event {
     Serving,
     /// The readiness pipe of the child `pid` said something.
     Child { pid: u32, news: News },
+    /// A client of the control socket asked for something.
+    Control(Request),
     /// The process that started this one has exited.
     ParentGone,
     /// The server future has completed.

@@ -125,6 +125,8 @@
 mod builder;
 mod child;
 mod config;
+mod control;
+pub mod ctl;
 mod decide;
 mod drain;
 mod draining;

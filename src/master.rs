@@ -20,9 +20,11 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
+use serde_json::json;
 
-use crate::child::{self, Executable, News, Role};
+use crate::child::{self, Executable, News, Process, Role};
 use crate::config::Settings;
+use crate::control::{Serving, Watchers};
 use crate::decide::{self, MIN_BACKOFF};
 use crate::error::{Error, Result};
 use crate::event::{self, Event};
@@ -32,6 +34,7 @@ use crate::report::{self, Reporter, SocketFiles};
 use crate::signals::{Action, Signal};
 use crate::sys::{self, Exit, OsSignal};
 
+mod control;
 mod phase;
 
 use phase::{describe, Phase, Starting, Stop, Worker};
@@ -59,6 +62,14 @@ pub(crate) struct Master {
     failure: Option<Error>,
     /// When the stop began, and when its progress was last reported.
     stopping: Option<(Instant, Instant)>,
+    /// The control socket and its accept loop.
+    control: Option<(Listener, Option<Serving>)>,
+    /// Control-socket clients waiting for the upgrade in progress, and after a hand-over, for
+    /// the old worker's drain: (old worker's pid, new worker, its clients).
+    upgrade_watchers: Watchers,
+    handovers: Vec<(u32, Process, Watchers, Instant)>,
+    /// Upgrades that took and that failed, and the last failure.
+    tally: (u64, u64, Option<String>),
 }
 
 impl Master {
@@ -67,6 +78,7 @@ impl Master {
         settings: Settings,
         exe: Executable,
         listeners: Vec<Listener>,
+        control: Option<Listener>,
         tx: Sender<Event>,
     ) -> Master {
         Master {
@@ -83,6 +95,10 @@ impl Master {
             exit: None,
             failure: None,
             stopping: None,
+            control: control.map(|socket| (socket, None)),
+            upgrade_watchers: Watchers::default(),
+            handovers: Vec::new(),
+            tally: (0, 0, None),
         }
     }
 
@@ -98,6 +114,7 @@ impl Master {
         if let Err(e) = sys::become_child_subreaper() {
             warn!("{who}: cannot become a child subreaper: {e}");
         }
+        self.answer_control();
         let mut phase = match self.start_worker(None) {
             Ok(starting) => Phase::FirstStart(starting),
             Err((worker, error)) => self.worker_failed(None, worker, error, None),
@@ -185,6 +202,7 @@ impl Master {
             Event::Command(action) => self.act(phase, action, None),
             Event::Child { pid, news } => self.on_news(phase, pid, news),
             Event::ChildEnded => self.reap(phase),
+            Event::Control(request) => self.on_request(phase, request),
             Event::Serving | Event::ServerStopped | Event::ParentGone => phase,
         }
     }
@@ -225,6 +243,8 @@ impl Master {
                     };
                     info!("{who}: upgrade ignored: {why}");
                     self.reporter.post(signal);
+                    self.upgrade_watchers
+                        .failed(&format!("upgrade ignored: {why}"));
                     other
                 }
             },
@@ -299,6 +319,8 @@ impl Master {
         if let Some(next) = next {
             self.give_up(&next, "that was starting", Some(OsSignal::SIGTERM));
             self.reporter.post(next.signal);
+            self.upgrade_watchers
+                .failed("the service is stopping: the new worker was abandoned");
         }
         current
     }
@@ -311,8 +333,13 @@ impl Master {
         let who = self.reporter.who;
         let generation = self.last_generation + 1;
         let role = Role::Worker { master: who.pid };
-        let spawned =
-            child::spawn(&self.exe, &self.listeners, generation, role).map_err(|e| (None, e))?;
+        let spawned = child::spawn(
+            &self.exe,
+            &self.listeners.iter().collect::<Vec<_>>(),
+            generation,
+            role,
+        )
+        .map_err(|e| (None, e))?;
         self.last_generation = generation;
         let process = spawned.process;
         let timeout = self.settings.upgrade_timeout;
@@ -388,6 +415,9 @@ impl Master {
         self.reporter
             .upgrade_failed(&error, &format!("worker start failed: {error}"));
         self.reporter.post(signal);
+        self.tally.1 += 1;
+        self.tally.2 = Some(error.to_string());
+        self.upgrade_watchers.failed(&error.to_string());
         if current.is_none() && !self.ever_ready {
             self.failure = Some(error);
         }
@@ -449,12 +479,22 @@ impl Master {
             self.reporter.rewrite_pid_file();
             self.ever_ready = true;
         }
+        let mut watchers = std::mem::take(&mut self.upgrade_watchers);
+        watchers.event(
+            "ready",
+            json!({ "pid": worker.process.pid, "after_ms": worker.since.elapsed().as_millis() as u64 }),
+        );
         if let Some(old) = current {
             info!("{who}: telling {} to drain", describe(&old));
             old.process.signal(OsSignal::SIGTERM);
             self.draining.push(old);
             self.reporter
                 .upgrade_ready(worker.process.pid, worker.process.generation);
+            watchers.event("draining", json!({ "worker_pid": old.process.pid }));
+            self.handovers
+                .push((old.process.pid, worker.process, watchers, Instant::now()));
+        } else {
+            watchers.ok(worker.process.pid, worker.process.generation);
         }
         self.reporter.serving(
             worker.process.generation,
@@ -481,6 +521,7 @@ impl Master {
         if let Some(i) = self.draining.iter().position(|w| w.process.pid == pid) {
             let worker = self.draining.remove(i);
             info!("{who}: {} finished draining: {exit}", describe(&worker));
+            self.handed_over(pid);
             return phase;
         }
         match phase {

@@ -10,9 +10,11 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
+use serde_json::json;
 
 use crate::child::{self, Executable, News, ParentPipe, Process, Role};
 use crate::config::Settings;
+use crate::control::{self, Request, Serving, Watchers};
 use crate::drain::TRACKER;
 use crate::error::Error;
 use crate::event::{self, Event};
@@ -52,6 +54,8 @@ struct Upgrade {
     started: Instant,
     /// The signal that asked for it, whose post hooks run when it ends.
     signal: Option<Signal>,
+    /// Control-socket clients waiting for its outcome.
+    watchers: Watchers,
 }
 
 /// A drain in progress.
@@ -68,6 +72,12 @@ struct Drain {
     successor: Option<Process>,
     /// Whether actix's acceptor has acted on the pause (no connection can arrive any more).
     acceptor_paused: bool,
+    /// After a hand-over: control-socket clients waiting for its outcome, and the generation
+    /// it handed over to.
+    watchers: Watchers,
+    handed_to: Option<Process>,
+    /// Drained, and waiting for the commit window to end.
+    quiet: bool,
 }
 
 /// What the control thread hands back when the server has stopped.
@@ -99,7 +109,20 @@ pub(crate) struct Control {
     pub(crate) levers: Levers,
     /// The Unix socket files as they were at start-up.
     pub(crate) socket_files: SocketFiles,
+    /// The control socket (handed over with the listeners) and its accept loop, while this
+    /// process is the one that answers on it.
+    pub(crate) control: Option<(Listener, Option<Serving>)>,
+    /// Upgrades asked of this process that took, that failed, and the last failure.
+    pub(crate) tally: Tally,
     pub(crate) failure: Option<Error>,
+}
+
+/// What this process's upgrades came to, for the status.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    ok: u64,
+    failed: u64,
+    last_failure: Option<String>,
 }
 
 impl Control {
@@ -125,12 +148,15 @@ impl Control {
                 state = self.check_drain(drain);
             }
         }
-        if let State::Upgrading(upgrade) = state {
+        if let State::Upgrading(mut upgrade) = state {
             self.give_up(
                 &upgrade.child,
                 "the server stopped",
                 Some(OsSignal::SIGTERM),
             );
+            upgrade
+                .watchers
+                .failed("the server stopped during the upgrade");
         }
         Outcome {
             reporter: self.reporter,
@@ -158,13 +184,14 @@ impl Control {
                 self.resign_pipe = None;
                 state
             }
+            Event::Control(request) => self.on_request(state, request),
             Event::ChildEnded | Event::ServerStopped => state,
         }
     }
 
     fn act(&mut self, state: State, action: Action, signal: Option<Signal>) -> State {
         match action {
-            Action::Upgrade => self.upgrade(state, signal),
+            Action::Upgrade => self.upgrade(state, signal, Watchers::default()),
             Action::GracefulStop => {
                 self.reporter.post_at_exit(signal);
                 self.graceful_stop(state)
@@ -193,7 +220,7 @@ impl Control {
             // process exits, so the parent does not kill it while it drains.
             error!("{who}: {e}; stopping gracefully without reporting ready");
             self.failure = Some(e);
-            return self.start_drain(None);
+            return self.start_drain(None, Watchers::default());
         }
         if let Some(pipe) = self.ready_pipe.take() {
             match pipe.report_ready() {
@@ -210,6 +237,7 @@ impl Control {
             }
             self.resign_pipe = Some(pipe);
         }
+        self.answer_control();
         let shown = report::shown(&self.listeners);
         info!("{who}: serving on {shown}");
         let generation = who.generation();
@@ -221,7 +249,47 @@ impl Control {
         State::Serving
     }
 
-    fn upgrade(&mut self, state: State, signal: Option<Signal>) -> State {
+    fn on_request(&mut self, state: State, request: Request) -> State {
+        match request {
+            Request::Status(reply) => {
+                let _ = reply.send(self.status(&state));
+                state
+            }
+            Request::Stop(reply) => {
+                let _ = reply.send(json!({ "result": "ok", "pid": self.reporter.who.pid }));
+                info!(
+                    "{}: graceful stop requested on the control socket",
+                    self.reporter.who
+                );
+                self.graceful_stop(state)
+            }
+            Request::Upgrade(reply) => self.upgrade(state, None, Watchers::of(Some(reply))),
+        }
+    }
+
+    /// The status object of the control socket.
+    fn status(&self, state: &State) -> serde_json::Value {
+        let name = match state {
+            State::Starting => "starting",
+            State::Serving => "serving",
+            State::Upgrading(_) => "upgrading",
+            State::Draining(drain) if drain.cause == DrainReason::Upgrade => "draining",
+            State::Draining(_) | State::Stopping => "stopping",
+        };
+        json!({
+            "pid": self.reporter.who.pid,
+            "generation": self.reporter.who.generation(),
+            "state": name,
+            "mode": if self.master.is_some() { "master-worker" } else { "reexec" },
+            "connections": TRACKER.connections(),
+            "in_flight": TRACKER.in_flight(),
+            "upgrades_ok": self.tally.ok,
+            "upgrades_failed": self.tally.failed,
+            "last_failure": self.tally.last_failure,
+        })
+    }
+
+    fn upgrade(&mut self, state: State, signal: Option<Signal>, mut watchers: Watchers) -> State {
         let who = self.reporter.who;
         let busy = match &state {
             State::Serving => None,
@@ -232,11 +300,13 @@ impl Control {
         };
         if let Some(why) = busy {
             info!("{who}: upgrade request ignored: {why}");
+            watchers.failed(&format!("upgrade ignored: {why}"));
             self.reporter.post(signal);
             return state;
         }
         if let Some(master) = self.master {
             self.forward_to_master(master);
+            watchers.failed("this process is a worker: the master upgrades");
             self.reporter.post(signal);
             return state;
         }
@@ -251,9 +321,14 @@ impl Control {
             "{who}: upgrading: starting generation {generation} from {}",
             self.exe.path.display()
         );
-        let spawned = match child::spawn(&self.exe, &self.listeners, generation, Role::Generation) {
+        let handover: Vec<&Listener> = self
+            .listeners
+            .iter()
+            .chain(self.control.as_ref().map(|(control, _)| control))
+            .collect();
+        let spawned = match child::spawn(&self.exe, &handover, generation, Role::Generation) {
             Ok(spawned) => spawned,
-            Err(e) => return self.upgrade_failed(e, signal),
+            Err(e) => return self.upgrade_failed(e, signal, watchers),
         };
         let child = spawned.process;
         let timeout = self.settings.upgrade_timeout;
@@ -268,9 +343,18 @@ impl Control {
         });
         if let Err(e) = watched {
             self.give_up(&child, "no thread to watch its readiness", None);
-            return self.upgrade_failed(Error::io("starting the readiness watcher")(e), signal);
+            return self.upgrade_failed(
+                Error::io("starting the readiness watcher")(e),
+                signal,
+                watchers,
+            );
         }
+        watchers.event(
+            "spawned",
+            json!({ "pid": child.pid, "generation": child.generation }),
+        );
         State::Upgrading(Upgrade {
+            watchers,
             child,
             started: Instant::now(),
             signal,
@@ -291,7 +375,12 @@ impl Control {
         }
     }
 
-    fn upgrade_failed(&mut self, error: Error, signal: Option<Signal>) -> State {
+    fn upgrade_failed(
+        &mut self,
+        error: Error,
+        signal: Option<Signal>,
+        mut watchers: Watchers,
+    ) -> State {
         let who = self.reporter.who;
         error!("{who}: upgrade failed: {error}; this process keeps serving");
         // The new generation may have written the pid file before it failed.
@@ -304,6 +393,9 @@ impl Control {
             ),
         );
         self.reporter.post(signal);
+        self.tally.failed += 1;
+        self.tally.last_failure = Some(error.to_string());
+        watchers.failed(&error.to_string());
         State::Serving
     }
 
@@ -335,6 +427,7 @@ impl Control {
             child,
             started,
             signal,
+            watchers,
         } = upgrade;
         let pid = child.pid;
         let error = match news {
@@ -346,13 +439,17 @@ impl Control {
                 );
                 self.reporter.upgrade_ready(pid, child.generation);
                 self.reporter.post(signal);
-                return self.start_drain(Some(child));
+                watchers.event(
+                    "ready",
+                    json!({ "pid": pid, "after_ms": started.elapsed().as_millis() as u64 }),
+                );
+                return self.start_drain(Some(child), watchers);
             }
             other => other.failure(pid, self.settings.upgrade_timeout, |why, first| {
                 self.give_up(&child, why, first)
             }),
         };
-        self.upgrade_failed(error, signal)
+        self.upgrade_failed(error, signal, watchers)
     }
 
     /// Gives up on a new process that will not serve, kills its process group and reaps it.
@@ -382,7 +479,7 @@ impl Control {
         match state {
             State::Starting | State::Serving => {
                 info!("{who}: graceful stop");
-                self.start_drain(None)
+                self.start_drain(None, Watchers::default())
             }
             State::Upgrading(upgrade) => {
                 info!("{who}: graceful stop; abandoning the upgrade in progress");
@@ -392,7 +489,9 @@ impl Control {
                     Some(OsSignal::SIGTERM),
                 );
                 self.reporter.post(upgrade.signal);
-                self.start_drain(None)
+                let mut watchers = upgrade.watchers;
+                watchers.failed("a stop was requested during the upgrade");
+                self.start_drain(None, Watchers::default())
             }
             State::Draining(mut drain) if drain.successor.is_some() => {
                 info!("{who}: graceful stop requested while draining after an upgrade; the drain goes on, and another stop request forces the close");
@@ -414,13 +513,16 @@ impl Control {
         match state {
             State::Stopping => return State::Stopping,
             State::Draining(drain) => self.end_drain(&drain, 0, TRACKER.connections()),
-            State::Upgrading(upgrade) => {
+            State::Upgrading(mut upgrade) => {
                 self.give_up(
                     &upgrade.child,
                     "the process is being stopped",
                     Some(OsSignal::SIGTERM),
                 );
                 self.reporter.post(upgrade.signal);
+                upgrade
+                    .watchers
+                    .failed("the process was stopped during the upgrade");
             }
             _ => {}
         }
@@ -432,6 +534,36 @@ impl Control {
         self.stop_server()
     }
 
+    /// Answers on the control socket (again, after a rollback), if there is one.
+    pub(crate) fn answer_control(&mut self) {
+        let Some((listener, serving)) = &mut self.control else {
+            return;
+        };
+        if serving.is_some() {
+            return;
+        }
+        let Ok(crate::listeners::Socket::Unix(socket)) = listener.socket.try_clone() else {
+            return;
+        };
+        let tx = self.tx.clone();
+        match control::serve(socket, move |request| {
+            let _ = tx.send(Event::Control(request));
+        }) {
+            Ok(started) => *serving = Some(started),
+            Err(e) => warn!(
+                "{}: cannot answer on the control socket: {e}",
+                self.reporter.who
+            ),
+        }
+    }
+
+    /// Stops answering on the control socket (the socket stays open, to hand over).
+    fn stop_answering(&mut self) {
+        if let Some((_, serving)) = &mut self.control {
+            *serving = None;
+        }
+    }
+
     fn stop_server(&mut self) -> State {
         self.resign();
         self.levers.stop();
@@ -439,9 +571,13 @@ impl Control {
     }
 
     /// Stops accepting and starts draining: after a hand-over to `successor`, or for a stop.
-    fn start_drain(&mut self, successor: Option<Process>) -> State {
+    fn start_drain(&mut self, successor: Option<Process>, watchers: Watchers) -> State {
         let who = self.reporter.who;
         self.resign();
+        if successor.is_some() {
+            // The new generation answers on the control socket from now on.
+            self.stop_answering();
+        }
         if successor.is_none() {
             self.reporter
                 .notify(&["STOPPING=1", "STATUS=stopping: draining connections"]);
@@ -470,9 +606,16 @@ impl Control {
             connections,
             in_flight,
         });
+        watchers.event(
+            "draining",
+            json!({ "connections": connections, "in_flight": in_flight }),
+        );
         let now = Instant::now();
         State::Draining(Drain {
             since: now,
+            watchers,
+            handed_to: successor,
+            quiet: false,
             cause,
             connections_at_start: connections,
             opened_at_start: TRACKER.opened(),
@@ -497,6 +640,20 @@ impl Control {
             "{who}: generation {} (pid {}) died while this process was draining ({status}); taking the listening sockets back and serving again",
             successor.generation, successor.pid
         );
+        let mut watchers = drain.watchers;
+        watchers.failed(&format!(
+            "rolled back: generation {} (pid {}) died ({status}) while generation {} drained; generation {} serves again",
+            successor.generation,
+            successor.pid,
+            who.generation(),
+            who.generation()
+        ));
+        self.tally.failed += 1;
+        self.tally.last_failure = Some(format!(
+            "generation {} died during the drain",
+            successor.generation
+        ));
+        self.answer_control();
         self.reporter.rewrite_pid_file();
         self.levers.resume();
         TRACKER.set_draining(false);

@@ -15,6 +15,7 @@ use log::{error, info, warn};
 
 use crate::child::{Executable, ParentPipe};
 use crate::config::{resolve, Bind, ProcessMode, ServerSettings, Settings};
+use crate::control;
 use crate::drain::{self, Factory, OnConnect, TRACKER};
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -158,6 +159,8 @@ struct Prepared {
     /// The master this process is a worker of.
     master: Option<u32>,
     notifier: Option<Notifier>,
+    /// The control socket, if one is configured (never in a master's worker).
+    control: Option<Listener>,
 }
 
 /// What a started process holds until it is done: the process's one runtime and the signal
@@ -245,6 +248,7 @@ where
             prepared.settings,
             prepared.exe,
             prepared.listeners,
+            prepared.control,
             tx,
         );
         Started::Master(Box::new(master), rx)
@@ -362,7 +366,14 @@ will not serve"
             inherited.listeners.len()
         );
     }
-    let mut listeners = listeners::assemble(&addrs, inherited.listeners, settings.backlog)
+    let mut inherited_listeners = inherited.listeners;
+    let control = match &settings.control_socket {
+        Some(path) if inherited.master.is_none() => {
+            Some(control::take_or_bind(&mut inherited_listeners, path)?)
+        }
+        _ => None,
+    };
+    let mut listeners = listeners::assemble(&addrs, inherited_listeners, settings.backlog)
         .map_err(|e| match (e, &ignored) {
             // The usual cause: the descriptors hold the address.
             (Error::Bind { addr, source }, Some(why)) => Error::Bind {
@@ -400,6 +411,7 @@ will not serve"
         parent: inherited.ready.map(ParentPipe::new),
         master: inherited.master,
         notifier,
+        control,
     })
 }
 
@@ -435,6 +447,7 @@ where
         mut parent,
         master,
         notifier,
+        control,
     } = prepared;
     let Server {
         factory,
@@ -475,6 +488,8 @@ where
         listeners,
         acceptor_fds: built.acceptor_fds,
         levers: Levers(built.server.handle()),
+        control: control.map(|socket| (socket, None)),
+        tally: Default::default(),
         failure: None,
     };
     let thread = std::thread::Builder::new()

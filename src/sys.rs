@@ -318,6 +318,16 @@ fn int_sockopt(fd: RawFd, option: libc::c_int) -> Option<libc::c_int> {
     (rc == 0).then_some(value)
 }
 
+/// The user id of the process at the other end of the Unix stream socket `fd`.
+pub(crate) fn peer_uid(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    Ok(socket::getsockopt(&fd, sockopt::PeerCredentials)?.uid())
+}
+
+/// This process's effective user id.
+pub(crate) fn effective_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
 /// A close-on-exec pipe: `(read end, write end)`.
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)

@@ -12,6 +12,7 @@ release; `kill -HUP` swaps in a new build with no refused connection.";
 
 /// Runs the demo, answering as `release`.
 pub fn main(release: &'static str) {
+    common::control_client();
     common::init_logging();
     let options = Options::parse(ABOUT);
     let endless = actix_endless::Endless::new(move || App::new().configure(routes(release)));

@@ -101,6 +101,20 @@ pub struct Options {
     )]
     pub adopt_unclaimed_fds: bool,
 
+    /// Answer deploy scripts on this Unix socket (mode 0600): `hello upgrade|status|stop
+    /// --control-socket PATH` talk to it.
+    #[arg(long, value_name = "PATH", env = "ENDLESS_CONTROL_SOCKET")]
+    pub control_socket: Option<PathBuf>,
+
+    /// After an upgrade, keep the old generation (paused, with the sockets) this long, and roll
+    /// back to it if the new one dies meanwhile.
+    #[arg(long, value_name = "DURATION", env = "ENDLESS_COMMIT_AFTER", value_parser = parse_duration)]
+    pub commit_after: Option<Duration>,
+
+    /// Crash (abort) this long after serving began (for tests of the commit window).
+    #[arg(long, value_name = "DURATION", env = "ENDLESS_CRASH_AFTER", value_parser = parse_duration)]
+    pub crash_after: Option<Duration>,
+
     /// Wait this long in the readiness gate before serving (for tests and demos).
     #[arg(
         long,
@@ -297,6 +311,21 @@ where
     if let Some(workers) = options.workers {
         endless = endless.workers(workers);
     }
+    if let Some(after) = options.crash_after {
+        endless = endless.on_serving(move |_| {
+            std::thread::spawn(move || {
+                std::thread::sleep(after);
+                log::error!("--crash-after {after:?}: aborting");
+                std::process::abort();
+            });
+        });
+    }
+    if let Some(window) = options.commit_after {
+        endless = endless.commit_after(window);
+    }
+    if let Some(path) = &options.control_socket {
+        endless = endless.control_socket(path);
+    }
     if options.adopt_unclaimed_fds {
         endless = endless.adopt_unclaimed_fds();
     }
@@ -347,4 +376,85 @@ where
     endless
         .hammer_time(options.hammer_time)
         .upgrade_timeout(options.upgrade_timeout)
+}
+
+/// The control-socket client's command line: `hello upgrade|status|stop --control-socket PATH`.
+#[derive(Debug, Parser)]
+#[command(version, about = "Talks to a running server's control socket.")]
+struct CtlCli {
+    #[command(subcommand)]
+    command: CtlCommand,
+    /// The server's control socket.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "ENDLESS_CONTROL_SOCKET"
+    )]
+    control_socket: Option<PathBuf>,
+    /// How long to wait for the outcome.
+    #[arg(long, global = true, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum CtlCommand {
+    /// Upgrade, print the progress, and exit 0 once the new generation serves (1 if the
+    /// upgrade failed, with the reason on stderr; 2 on a usage or connection error).
+    Upgrade,
+    /// Print the server's status as JSON.
+    Status,
+    /// Stop the server gracefully.
+    Stop,
+}
+
+/// When the command line starts with `upgrade`, `status` or `stop`: runs that client command
+/// and exits with its status. Otherwise returns, and the example serves.
+#[allow(dead_code)] // only the hello examples offer the client
+pub fn control_client() {
+    let first = std::env::args().nth(1);
+    if !matches!(first.as_deref(), Some("upgrade" | "status" | "stop")) {
+        return;
+    }
+    let cli = CtlCli::parse();
+    let Some(path) = cli.control_socket else {
+        eprintln!("error: --control-socket PATH (or ENDLESS_CONTROL_SOCKET) is required");
+        std::process::exit(2);
+    };
+    let code = match cli.command {
+        CtlCommand::Upgrade => {
+            match actix_endless::ctl::upgrade(&path, cli.timeout, |line| println!("{line}")) {
+                Ok(done) => {
+                    println!(
+                        "upgraded: generation {} serves as pid {}",
+                        done.generation, done.pid
+                    );
+                    0
+                }
+                Err(e) => ctl_error(e),
+            }
+        }
+        CtlCommand::Status => match actix_endless::ctl::status(&path, cli.timeout) {
+            Ok(status) => {
+                println!("{status}");
+                0
+            }
+            Err(e) => ctl_error(e),
+        },
+        CtlCommand::Stop => match actix_endless::ctl::stop(&path, cli.timeout) {
+            Ok(()) => 0,
+            Err(e) => ctl_error(e),
+        },
+    };
+    std::process::exit(code);
+}
+
+/// 1 when the server said no (the reason on stderr), 2 when it could not be asked.
+fn ctl_error(error: actix_endless::Error) -> i32 {
+    eprintln!("error: {error}");
+    match error {
+        actix_endless::Error::UpgradeFailed { .. } => 1,
+        actix_endless::Error::Io { context, .. } if context.contains("waiting") => 1,
+        _ => 2,
+    }
 }

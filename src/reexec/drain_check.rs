@@ -43,6 +43,35 @@ impl Control {
             DrainVerdict::Hammer { connections, .. } => (0, connections),
             _ => (0, 0),
         };
+        // Within the commit window the old generation stays, paused, with the sockets, so
+        // that it can take over again if the new one dies.
+        let committing = drain.successor.is_some()
+            && self
+                .settings
+                .commit_after
+                .is_some_and(|window| elapsed < window);
+        if committing
+            && matches!(
+                verdict,
+                DrainVerdict::Drained | DrainVerdict::CloseIdle { .. }
+            )
+        {
+            if !drain.quiet {
+                drain.quiet = true;
+                info!(
+                    "{who}: drained in {elapsed:?}; keeping the sockets until the commit window ends ({:?} after the hand-over)",
+                    self.settings.commit_after.unwrap_or_default()
+                );
+                drain.watchers.event(
+                    "drained",
+                    serde_json::json!({ "after_ms": elapsed.as_millis() as u64 }),
+                );
+            }
+            return State::Draining(drain);
+        }
+        if drain.quiet {
+            info!("{who}: commit window passed: the new generation keeps serving");
+        }
         match verdict {
             DrainVerdict::Wait => {
                 if drain.reported.elapsed() >= decide::PROGRESS_EVERY {
@@ -69,6 +98,16 @@ impl Control {
             } => warn!("{who}: hammer time after {elapsed:?}: forcing {connections} connection(s) with {in_flight} request(s) in flight closed"),
         }
         self.end_drain(&drain, idle, cut);
+        if let Some(new) = drain.handed_to {
+            if !drain.quiet {
+                drain.watchers.event(
+                    "drained",
+                    serde_json::json!({ "after_ms": elapsed.as_millis() as u64 }),
+                );
+            }
+            drain.watchers.ok(new.pid, new.generation);
+            self.tally.ok += 1;
+        }
         self.stop_server()
     }
 
