@@ -178,11 +178,7 @@ impl Master {
         };
         let workers: Vec<String> = self.draining.iter().chain(&current).map(describe).collect();
         self.reporter.progress(
-            &format!(
-                "{} worker(s) still draining ({})",
-                workers.len(),
-                workers.join(", ")
-            ),
+            &format!("{} worker(s) ({})", workers.len(), workers.join(", ")),
             since.elapsed(),
             self.settings.hammer_time,
             true,

@@ -59,9 +59,9 @@ pub(crate) fn monotonic_usec() -> String {
     format!("MONOTONIC_USEC={now}")
 }
 
-/// How often to send `WATCHDOG=1`: half of `WATCHDOG_USEC`, when systemd set it (and
-/// `WATCHDOG_PID`, if set, names this process or the process that started it, which this one
-/// replaces on an upgrade).
+/// How often to send `WATCHDOG=1`: half of `WATCHDOG_USEC`, when systemd set it.
+/// `WATCHDOG_PID` is deliberately not checked: it names the first generation, and after an
+/// upgrade the new generation, now the main pid, inherits it and must keep pinging.
 pub(crate) fn watchdog_interval() -> Option<std::time::Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
     if usec == 0 {

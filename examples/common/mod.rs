@@ -22,7 +22,7 @@ case with '_' for '-' (ENDLESS_BIND=127.0.0.1:8080,unix:/run/app.sock, \
 ENDLESS_HAMMER_TIME=30s, ENDLESS_MASTER=true). A flag on the command line wins; an empty \
 variable counts as unset.
 
-Signals: HUP upgrades (re-exec with the sockets), TERM/INT drain and stop, USR2 closes every \
+Signals: HUP upgrades (re-exec with the sockets), TERM/INT/QUIT drain and stop, USR2 closes every \
 connection now, USR1/TSTP run the hooks only.";
 
 /// The demo's command line: the options every example has.
