@@ -42,6 +42,29 @@ impl Handle {
         self.tx.send(Event::Command(Action::Upgrade)).is_ok()
     }
 
+    /// Upgrades and waits until the new generation serves: its pid and generation, or
+    /// [`Error::UpgradeFailed`] with the reason (the new build exited, was not ready in
+    /// time, failed its readiness gate, or an upgrade was already in progress). It resolves
+    /// when the new generation reports ready, so a request handler of this (old) generation
+    /// can await it; a rollback within the commit window comes later and is reported on the
+    /// control socket. In a master's worker it is a failure (the master upgrades: use its
+    /// control socket).
+    pub async fn upgrade_and_wait(&self) -> Result<crate::ctl::Upgraded> {
+        let (reply, answers) = channel();
+        self.tx
+            .send(Event::Control(crate::control::Request::Upgrade(reply)))
+            .map_err(|_| Error::UpgradeFailed {
+                reason: "the runtime has finished".to_owned(),
+            })?;
+        actix_rt::task::spawn_blocking(move || crate::control::outcome(answers))
+            .await
+            .unwrap_or_else(|e| {
+                Err(Error::UpgradeFailed {
+                    reason: format!("waiting for the outcome: {e}"),
+                })
+            })
+    }
+
     /// Starts a graceful stop, as `SIGTERM` does (a second call forces the close).
     pub fn graceful_stop(&self) -> bool {
         self.tx.send(Event::Command(Action::GracefulStop)).is_ok()

@@ -268,6 +268,50 @@ impl Watchers {
     }
 }
 
+/// Reads an upgrade's answers until the new generation serves (its `ready` event), or until
+/// the failure: what a [`crate::Handle`] awaits. (Waiting for the `ok` that follows the old
+/// generation's drain would deadlock when the caller is a request of the old generation.)
+pub(crate) fn outcome(answers: Receiver<Value>) -> Result<crate::ctl::Upgraded> {
+    let mut generation = None;
+    for value in answers {
+        let number = |key: &str| value.get(key).and_then(Value::as_u64);
+        match value.get("event").and_then(Value::as_str) {
+            Some("spawned") => generation = number("generation"),
+            Some("ready") => {
+                if let (Some(pid), Some(generation)) = (number("pid"), generation) {
+                    return Ok(crate::ctl::Upgraded {
+                        pid: pid as u32,
+                        generation,
+                    });
+                }
+            }
+            _ => {}
+        }
+        match value.get("result").and_then(Value::as_str) {
+            None => continue,
+            Some("ok") => {
+                if let (Some(pid), Some(generation)) = (number("pid"), number("generation")) {
+                    return Ok(crate::ctl::Upgraded {
+                        pid: pid as u32,
+                        generation,
+                    });
+                }
+            }
+            Some(_) => {}
+        }
+        let reason = value
+            .get("reason")
+            .and_then(Value::as_str)
+            .unwrap_or("no reason given");
+        return Err(Error::UpgradeFailed {
+            reason: reason.to_owned(),
+        });
+    }
+    Err(Error::UpgradeFailed {
+        reason: "the process ended before the outcome".to_owned(),
+    })
+}
+
 /// A final answer that is not a success.
 pub(crate) fn failure(result: &str, reason: &str) -> Value {
     json!({ "result": result, "reason": reason })

@@ -16,6 +16,9 @@ pub fn main(release: &'static str) {
     common::init_logging();
     let options = Options::parse(ABOUT);
     let endless = actix_endless::Endless::new(move || App::new().configure(routes(release)));
+    if options.admin_routes {
+        let _ = HANDLE.set(endless.handle());
+    }
     match common::bind_all(endless, &options) {
         Ok(endless) => common::exit_on_error(common::configure(endless, &options).run_blocking()),
         Err(e) => common::exit_on_error(Err(e)),
@@ -30,7 +33,27 @@ pub fn routes(release: &'static str) -> impl Fn(&mut web::ServiceConfig) {
             .route("/pid", web::get().to(pid))
             .route("/sleep/{ms}", web::get().to(sleep))
             .route("/ws", web::get().to(crate::streams::ws))
-            .route("/events", web::get().to(crate::streams::events));
+            .route("/events", web::get().to(crate::streams::events))
+            .route("/admin/upgrade", web::post().to(admin_upgrade));
+    }
+}
+
+/// The runtime's handle, for `POST /admin/upgrade` (set with `--admin-routes` only).
+static HANDLE: std::sync::OnceLock<actix_endless::Handle> = std::sync::OnceLock::new();
+
+/// `POST /admin/upgrade` (with `--admin-routes`): upgrades and answers once the new generation
+/// serves, or with the reason it failed. An example of [`actix_endless::Handle`]; a real
+/// service would put it behind authentication, or use the control socket.
+async fn admin_upgrade() -> HttpResponse {
+    let Some(handle) = HANDLE.get() else {
+        return HttpResponse::NotFound().finish();
+    };
+    match handle.upgrade_and_wait().await {
+        Ok(done) => HttpResponse::Ok().body(format!(
+            "upgraded: generation {} serves as pid {}\n",
+            done.generation, done.pid
+        )),
+        Err(e) => HttpResponse::Conflict().body(format!("upgrade failed: {e}\n")),
     }
 }
 

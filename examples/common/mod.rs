@@ -111,6 +111,11 @@ pub struct Options {
     #[arg(long, value_name = "DURATION", env = "ENDLESS_COMMIT_AFTER", value_parser = parse_duration)]
     pub commit_after: Option<Duration>,
 
+    /// Serve `POST /admin/upgrade` (hello only; no authentication: for tests and demos on
+    /// 127.0.0.1).
+    #[arg(long, env = "ENDLESS_ADMIN_ROUTES", value_parser = BoolishValueParser::new())]
+    pub admin_routes: bool,
+
     /// Crash (abort) this long after serving began (for tests of the commit window).
     #[arg(long, value_name = "DURATION", env = "ENDLESS_CRASH_AFTER", value_parser = parse_duration)]
     pub crash_after: Option<Duration>,
