@@ -116,8 +116,16 @@
 //! - A worker of a master gets `SIGTERM` when the master dies (`PR_SET_PDEATHSIG`), drains
 //!   and exits, so a restarted service can bind again; a worker only forwards an upgrade
 //!   request to its master while the master is still its parent.
+//! - The control socket's `status` counts the upgrades asked of the process that answers:
+//!   in re-exec mode each generation starts again from zero. The commit window
+//!   ([`Endless::commit_after`]) applies to re-exec mode; a master replaces a worker that dies
+//!   at any time. [`Handle::upgrade_and_wait`] resolves when the new generation reports ready,
+//!   before a commit window ends.
+//! - Long-lived responses (WebSockets, server-sent events) end at a drain only if their
+//!   handlers await [`Draining`]; otherwise they keep the old generation until hammer time.
 //! - HTTP/2 connections are drained like HTTP/1 ones, but `Connection: close` means nothing to
-//!   them: they close when idle or at hammer time.
+//!   them and actix-http 3.20.0 (the newest published) sends no GOAWAY on a graceful stop:
+//!   they close when idle or at hammer time, and streams still open then fail.
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
