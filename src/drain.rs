@@ -105,7 +105,6 @@ impl Tracker {
     /// From now on every response asks its client to close the connection.
     pub(crate) fn set_draining(&self, draining: bool) {
         self.draining.0.store(draining, Ordering::SeqCst);
-        crate::draining::set(draining);
     }
 
     fn draining(&self) -> bool {
@@ -311,7 +310,8 @@ where
         };
         let guard = this.guard.take().unwrap_or_else(InFlightGuard::new);
         let mut res = res.map_body(|_, body| CountedBody { body, guard });
-        if TRACKER.draining() {
+        // Not on a protocol switch (a WebSocket handshake): its `Connection: upgrade` must stay.
+        if TRACKER.draining() && res.status() != actix_web::http::StatusCode::SWITCHING_PROTOCOLS {
             res.head_mut().set_connection_type(ConnectionType::Close);
         }
         Poll::Ready(Ok(res))

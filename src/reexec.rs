@@ -566,6 +566,7 @@ impl Control {
 
     fn stop_server(&mut self) -> State {
         self.resign();
+        crate::draining::set(true);
         self.levers.stop();
         State::Stopping
     }
@@ -640,6 +641,17 @@ impl Control {
             "{who}: generation {} (pid {}) died while this process was draining ({status}); taking the listening sockets back and serving again",
             successor.generation, successor.pid
         );
+        // Serve again first; only then tell whoever waits for the outcome.
+        self.reporter.rewrite_pid_file();
+        self.levers.resume();
+        TRACKER.set_draining(false);
+        crate::draining::set(false);
+        self.answer_control();
+        self.tally.failed += 1;
+        self.tally.last_failure = Some(format!(
+            "generation {} died during the drain",
+            successor.generation
+        ));
         let mut watchers = drain.watchers;
         watchers.failed(&format!(
             "rolled back: generation {} (pid {}) died ({status}) while generation {} drained; generation {} serves again",
@@ -648,15 +660,6 @@ impl Control {
             who.generation(),
             who.generation()
         ));
-        self.tally.failed += 1;
-        self.tally.last_failure = Some(format!(
-            "generation {} died during the drain",
-            successor.generation
-        ));
-        self.answer_control();
-        self.reporter.rewrite_pid_file();
-        self.levers.resume();
-        TRACKER.set_draining(false);
         self.reporter.notify(&[
             &format!("MAINPID={}", who.pid),
             "READY=1",

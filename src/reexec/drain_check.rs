@@ -24,6 +24,11 @@ impl Control {
                     true
                 }
             };
+            if drain.acceptor_paused {
+                // Only now, when nothing new can arrive here, are long-lived responses told
+                // (their clients reconnect, and must reach the new generation).
+                crate::draining::set(true);
+            }
         }
         let view = DrainView {
             elapsed,
