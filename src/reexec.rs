@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::child::{self, Executable, News, ParentPipe, Process, Role};
 use crate::config::Settings;
-use crate::control::{self, Request, Serving, Watchers};
+use crate::control::{Serving, Watchers};
 use crate::drain::TRACKER;
 use crate::error::Error;
 use crate::event::{self, Event};
@@ -86,6 +86,7 @@ pub(crate) struct Outcome {
     pub(crate) failure: Option<Error>,
 }
 
+mod control_socket;
 mod drain_check;
 
 /// Owns the lifecycle of a serving process: everything but the server itself.
@@ -247,46 +248,6 @@ impl Control {
             &format!("generation {generation} serving on {shown}"),
         );
         State::Serving
-    }
-
-    fn on_request(&mut self, state: State, request: Request) -> State {
-        match request {
-            Request::Status(reply) => {
-                let _ = reply.send(self.status(&state));
-                state
-            }
-            Request::Stop(reply) => {
-                let _ = reply.send(json!({ "result": "ok", "pid": self.reporter.who.pid }));
-                info!(
-                    "{}: graceful stop requested on the control socket",
-                    self.reporter.who
-                );
-                self.graceful_stop(state)
-            }
-            Request::Upgrade(reply) => self.upgrade(state, None, Watchers::of(Some(reply))),
-        }
-    }
-
-    /// The status object of the control socket.
-    fn status(&self, state: &State) -> serde_json::Value {
-        let name = match state {
-            State::Starting => "starting",
-            State::Serving => "serving",
-            State::Upgrading(_) => "upgrading",
-            State::Draining(drain) if drain.cause == DrainReason::Upgrade => "draining",
-            State::Draining(_) | State::Stopping => "stopping",
-        };
-        json!({
-            "pid": self.reporter.who.pid,
-            "generation": self.reporter.who.generation(),
-            "state": name,
-            "mode": if self.master.is_some() { "master-worker" } else { "reexec" },
-            "connections": TRACKER.connections(),
-            "in_flight": TRACKER.in_flight(),
-            "upgrades_ok": self.tally.ok,
-            "upgrades_failed": self.tally.failed,
-            "last_failure": self.tally.last_failure,
-        })
     }
 
     fn upgrade(&mut self, state: State, signal: Option<Signal>, mut watchers: Watchers) -> State {
@@ -532,36 +493,6 @@ impl Control {
             TRACKER.connections()
         );
         self.stop_server()
-    }
-
-    /// Answers on the control socket (again, after a rollback), if there is one.
-    pub(crate) fn answer_control(&mut self) {
-        let Some((listener, serving)) = &mut self.control else {
-            return;
-        };
-        if serving.is_some() {
-            return;
-        }
-        let Ok(crate::listeners::Socket::Unix(socket)) = listener.socket.try_clone() else {
-            return;
-        };
-        let tx = self.tx.clone();
-        match control::serve(socket, move |request| {
-            let _ = tx.send(Event::Control(request));
-        }) {
-            Ok(started) => *serving = Some(started),
-            Err(e) => warn!(
-                "{}: cannot answer on the control socket: {e}",
-                self.reporter.who
-            ),
-        }
-    }
-
-    /// Stops answering on the control socket (the socket stays open, to hand over).
-    fn stop_answering(&mut self) {
-        if let Some((_, serving)) = &mut self.control {
-            *serving = None;
-        }
     }
 
     fn stop_server(&mut self) -> State {
