@@ -37,7 +37,7 @@ use crate::sys::{self, Exit, OsSignal};
 mod control;
 mod phase;
 
-use phase::{describe, Phase, Starting, Stop, Worker};
+use phase::{describe, Phase, Starting, Worker};
 
 /// How long a worker that is given up on has to end by itself before its group is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(1);
@@ -261,10 +261,7 @@ impl Master {
                         if let Some(worker) = current {
                             worker.process.signal(OsSignal::SIGTERM);
                         }
-                        Phase::Stopping {
-                            how: Stop::Graceful,
-                            current,
-                        }
+                        Phase::Stopping { current }
                     }
                 }
             }
@@ -298,10 +295,7 @@ impl Master {
         for worker in current.iter().chain(&self.draining) {
             worker.process.signal(OsSignal::SIGUSR2);
         }
-        Phase::Stopping {
-            how: Stop::Forced,
-            current,
-        }
+        Phase::Stopping { current }
     }
 
     /// Gives up on a worker that is starting, if any; returns the worker that serves.
@@ -394,10 +388,7 @@ impl Master {
             }
             None if !self.ever_ready => {
                 error!("{who}: the first worker failed: {what}: {error}; exiting");
-                Phase::Stopping {
-                    how: Stop::Forced,
-                    current: None,
-                }
+                Phase::Stopping { current: None }
             }
             None => {
                 let (delay, backoff) = decide::restart_delay(self.backoff, None);
@@ -545,13 +536,11 @@ impl Master {
                 }
             }
             Phase::Stopping {
-                how,
                 current: Some(current),
             } if current.process.pid == pid => {
                 info!("{who}: {} stopped: {exit}", describe(&current));
                 self.exit = Some((pid, exit));
-                let _ = how;
-                Phase::Stopping { how, current: None }
+                Phase::Stopping { current: None }
             }
             Phase::Running { current, next } if current.process.pid == pid => {
                 let served = current.since.elapsed();

@@ -363,6 +363,60 @@ fn all_processes() -> Vec<(i32, Stat)> {
         .collect()
 }
 
+/// Whether the command line of `pid` contains `marker` (`false` if it cannot be read).
+pub fn cmdline_contains(pid: i32, marker: &str) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).contains(marker))
+        .unwrap_or(false)
+}
+
+/// `roots` and every process descended from one of them, read from `/proc`.
+fn with_descendants(mut found: BTreeSet<i32>) -> BTreeSet<i32> {
+    let processes = all_processes();
+    loop {
+        let before = found.len();
+        for (pid, stat) in &processes {
+            if found.contains(&stat.ppid) {
+                found.insert(*pid);
+            }
+        }
+        if found.len() == before {
+            return found;
+        }
+    }
+}
+
+/// Every descendant of `root` (children, their children, ...), not `root` itself.
+pub fn descendants(root: i32) -> BTreeSet<i32> {
+    let mut found = with_descendants(BTreeSet::from([root]));
+    found.remove(&root);
+    found
+}
+
+/// SIGKILLs `targets` and all their descendants, never the test process itself.
+fn kill_with_descendants(targets: BTreeSet<i32>) {
+    let me = i32::try_from(std::process::id()).expect("pid fits in i32");
+    for pid in with_descendants(targets) {
+        if pid != me && pid > 1 {
+            // ESRCH (already gone) is fine; nothing else can usefully be done here.
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// SIGKILLs `root` (when given), every process whose command line holds `marker` (a test's
+/// unique temporary directory), and all their descendants; never the test process itself.
+pub fn kill_tree(root: Option<i32>, marker: &str) {
+    let me = i32::try_from(std::process::id()).expect("pid fits in i32");
+    let mut targets: BTreeSet<i32> = all_processes()
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .filter(|&pid| pid != me && cmdline_contains(pid, marker))
+        .collect();
+    targets.extend(root);
+    kill_with_descendants(targets);
+}
+
 /// The children of `pid` (processes whose parent is `pid`), each with its state letter.
 /// A zombie child (state `Z`) is one its parent has not reaped.
 pub fn children_of(pid: i32) -> Vec<(i32, char)> {
@@ -417,9 +471,7 @@ impl Tracker {
     }
 
     fn owns(&self, pid: i32) -> bool {
-        fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|cmdline| String::from_utf8_lossy(&cmdline).contains(&self.marker))
-            .unwrap_or(false)
+        cmdline_contains(pid, &self.marker)
     }
 
     /// SIGKILLs every recorded pid that still runs one of our servers, and all their
@@ -430,23 +482,8 @@ impl Tracker {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
-        let mut targets: BTreeSet<i32> = recorded.into_iter().filter(|&p| self.owns(p)).collect();
-        let processes = all_processes();
-        loop {
-            let before = targets.len();
-            for (pid, stat) in &processes {
-                if targets.contains(&stat.ppid) {
-                    targets.insert(*pid);
-                }
-            }
-            if targets.len() == before {
-                break;
-            }
-        }
-        for pid in targets {
-            // ESRCH (already gone) is fine; nothing else can usefully be done here.
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
+        let targets: BTreeSet<i32> = recorded.into_iter().filter(|&p| self.owns(p)).collect();
+        kill_with_descendants(targets);
     }
 }
 

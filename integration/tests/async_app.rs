@@ -16,10 +16,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 
-use fault_support::{link_binary, no_stray_fds, UPGRADE_FAILED};
+use fault_support::{
+    let_clients_progress, link_binary, load_clients, no_stray_fds, UPGRADE_FAILED,
+};
 use integration::{
-    examples, pid_alive, replace_with_script, send_signal, wait_until, LoadClient, Mode, Server,
-    TempDir, TIMEOUT,
+    examples, pid_alive, replace_with_script, send_signal, wait_until, LoadClient, Server, TempDir,
+    TIMEOUT,
 };
 use nix::sys::signal::Signal;
 
@@ -116,29 +118,6 @@ fn start(label: &str, backend: &Backend, args: &[&str]) -> (Server, PathBuf) {
     all.extend_from_slice(args);
     let server = Server::start_in(dir, &binary, &all);
     (server, binary)
-}
-
-/// Both strict load clients.
-fn load_clients(server: &Server) -> [(&'static str, LoadClient); 2] {
-    [
-        (
-            "keep-alive",
-            LoadClient::start(server.port(), Mode::KeepAlive),
-        ),
-        ("close", LoadClient::start(server.port(), Mode::Close)),
-    ]
-}
-
-/// Waits until every client has made `count` more successful requests.
-fn let_clients_progress(clients: &[(&str, LoadClient)], count: u64) {
-    for (name, client) in clients {
-        let before = client.stats().successes;
-        assert!(
-            wait_until(TIMEOUT, || client.stats().successes >= before + count),
-            "{name} client made no progress: {:?}",
-            client.stats()
-        );
-    }
 }
 
 /// SIGHUPs `old` and waits for the `count`-th `upgrade failed` line, logged by `old`, which

@@ -13,8 +13,8 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use fault_support::{
-    link_binary, no_stray_fds, pid_exists, processes_mentioning, started_pid, started_pids,
-    UPGRADE_FAILED,
+    let_clients_progress, link_binary, load_clients, no_stray_fds, pid_exists,
+    processes_mentioning, started_pid, started_pids, UPGRADE_FAILED,
 };
 use integration::{
     children_of, examples, pid_alive, replace_file, replace_with_script, send_signal, wait_for,
@@ -43,29 +43,6 @@ fn server_with_replaceable_binary(label: &str, args: &[&str]) -> (Server, std::p
     link_binary(&binary, &examples().hello);
     let server = Server::start_in(dir, &binary, args);
     (server, binary)
-}
-
-/// The two strict load clients every test runs through its fault.
-fn load_clients(server: &Server) -> [(&'static str, LoadClient); 2] {
-    [
-        (
-            "keep-alive",
-            LoadClient::start(server.port(), Mode::KeepAlive),
-        ),
-        ("close", LoadClient::start(server.port(), Mode::Close)),
-    ]
-}
-
-/// Waits until every client has made `count` more successful requests.
-fn let_clients_progress(clients: &[(&str, LoadClient)], count: u64) {
-    for (name, client) in clients {
-        let before = client.stats().successes;
-        assert!(
-            wait_until(TIMEOUT, || client.stats().successes >= before + count),
-            "{name} client made no progress: {:?}",
-            client.stats()
-        );
-    }
 }
 
 /// SIGHUPs `old` and waits, at most [`PROMPT`], for the `count`-th `upgrade failed` line;

@@ -23,13 +23,6 @@ pub(super) struct Starting {
     pub(super) exited: Option<Exit>,
 }
 
-/// How the master is stopping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Stop {
-    Graceful,
-    Forced,
-}
-
 /// Where the master is.
 #[derive(Debug)]
 pub(super) enum Phase {
@@ -45,7 +38,7 @@ pub(super) enum Phase {
     /// No worker serves; a replacement is starting.
     Replacing(Starting),
     /// Stopping: waiting for the workers to exit.
-    Stopping { how: Stop, current: Option<Worker> },
+    Stopping { current: Option<Worker> },
 }
 
 /// `worker generation 2 (pid 123)`, how log lines name a worker.

@@ -22,7 +22,6 @@
 //! Every test binary uses a different part of it, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Write};
@@ -39,11 +38,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use integration::{
-    read_response, wait_for, wait_until, write_request, HttpResponse, LoadClient, Mode, TempDir,
-    Watchdog, HTTP_TIMEOUT,
+    kill_tree, read_response, wait_for, wait_until, write_request, HttpResponse, LoadClient, Mode,
+    TempDir, Watchdog, HTTP_TIMEOUT,
 };
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
 /// After this long a [`Proc`]'s watchdog SIGKILLs its processes, so a hung test leaves nothing
 /// running.
@@ -122,60 +119,6 @@ pub fn install_script(dest: &Path, body: &str) {
 // Processes
 // ---------------------------------------------------------------------------------------------
 
-/// `(pid, ppid)` of every process, from `/proc/*/stat`.
-fn all_processes() -> Vec<(i32, i32)> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
-            let ppid = stat[stat.rfind(')')? + 1..]
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            Some((pid, ppid))
-        })
-        .collect()
-}
-
-fn cmdline_contains(pid: i32, marker: &str) -> bool {
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|cmdline| String::from_utf8_lossy(&cmdline).contains(marker))
-        .unwrap_or(false)
-}
-
-/// SIGKILLs every process whose command line contains `marker` (a unique temporary directory
-/// that every generation of a test's server has in its arguments), and all their descendants
-/// (such as a failed upgrade's `sleep`).
-fn kill_marked(marker: &str) {
-    let me = i32::try_from(std::process::id()).expect("pid fits in i32");
-    let processes = all_processes();
-    let mut targets: BTreeSet<i32> = processes
-        .iter()
-        .map(|&(pid, _)| pid)
-        .filter(|&pid| pid != me && cmdline_contains(pid, marker))
-        .collect();
-    loop {
-        let before = targets.len();
-        for &(pid, ppid) in &processes {
-            if targets.contains(&ppid) {
-                targets.insert(pid);
-            }
-        }
-        if targets.len() == before {
-            break;
-        }
-    }
-    for pid in targets {
-        // ESRCH (already gone) is fine; nothing else can usefully be done here.
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    }
-}
-
 /// A server process started from an arbitrary [`Command`], and a guard for every process it
 /// becomes.
 ///
@@ -234,7 +177,7 @@ impl Proc {
             child,
             status: None,
             watchdog: Some(Watchdog::start(WATCHDOG_LIMIT, marker.clone(), move || {
-                kill_marked(&marker)
+                kill_tree(None, &marker)
             })),
             dir,
         }
@@ -343,7 +286,7 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.watchdog.take();
-        kill_marked(&self.dir.path().to_string_lossy());
+        kill_tree(None, &self.dir.path().to_string_lossy());
         if self.status.is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();

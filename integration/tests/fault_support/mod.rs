@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex, Once};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use integration::{wait_for, TempDir, POLL_INTERVAL};
+use integration::{
+    wait_for, wait_until, LoadClient, Mode, Server, TempDir, POLL_INTERVAL, TIMEOUT,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -483,4 +485,27 @@ pub fn assert_no_panic(output: &str) {
         !output.contains("panicked"),
         "a process panicked; its output:\n{output}"
     );
+}
+
+/// The two strict load clients (keep-alive and connection-per-request) on `server`.
+pub fn load_clients(server: &Server) -> [(&'static str, LoadClient); 2] {
+    [
+        (
+            "keep-alive",
+            LoadClient::start(server.port(), Mode::KeepAlive),
+        ),
+        ("close", LoadClient::start(server.port(), Mode::Close)),
+    ]
+}
+
+/// Waits until every client has made `count` more successful requests.
+pub fn let_clients_progress(clients: &[(&str, LoadClient)], count: u64) {
+    for (name, client) in clients {
+        let before = client.stats().successes;
+        assert!(
+            wait_until(TIMEOUT, || client.stats().successes >= before + count),
+            "{name} client made no progress: {:?}",
+            client.stats()
+        );
+    }
 }

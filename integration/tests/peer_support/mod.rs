@@ -11,7 +11,6 @@
 //! - [`run_bounded`] runs a short-lived command (`supervisorctl`) with a deadline.
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -19,9 +18,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use integration::{wait_for, TempDir, Watchdog};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use integration::{kill_tree, wait_for, TempDir, Watchdog};
 
 /// After this long a [`Peer`]'s watchdog SIGKILLs its processes, so that a hung test leaves
 /// nothing running.
@@ -59,76 +56,6 @@ pub fn skip(tool: &str, package: &str) {
         "SKIP: {tool} is not installed (looked in PATH, /usr/sbin and /usr/bin; Debian: \
          apt-get install -y {package}, which `make integration` does)"
     );
-}
-
-/// `(pid, ppid)` of every process, from `/proc/*/stat`.
-fn all_processes() -> Vec<(i32, i32)> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
-            let ppid = stat[stat.rfind(')')? + 1..]
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            Some((pid, ppid))
-        })
-        .collect()
-}
-
-fn cmdline_contains(pid: i32, marker: &str) -> bool {
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|cmdline| String::from_utf8_lossy(&cmdline).contains(marker))
-        .unwrap_or(false)
-}
-
-/// Every descendant of `root` (children, their children, ...), not `root` itself.
-pub fn descendants(root: i32) -> BTreeSet<i32> {
-    let processes = all_processes();
-    let mut found = BTreeSet::new();
-    let mut frontier = vec![root];
-    while let Some(parent) = frontier.pop() {
-        for &(pid, ppid) in &processes {
-            if ppid == parent && found.insert(pid) {
-                frontier.push(pid);
-            }
-        }
-    }
-    found
-}
-
-/// SIGKILLs `root` (when given), its descendants, and every process whose command line holds
-/// `marker` with its descendants; never the test process itself.
-fn kill_tree(root: Option<i32>, marker: &str) {
-    let me = i32::try_from(std::process::id()).expect("pid fits in i32");
-    let processes = all_processes();
-    let mut targets: BTreeSet<i32> = processes
-        .iter()
-        .map(|&(pid, _)| pid)
-        .filter(|&pid| pid != me && cmdline_contains(pid, marker))
-        .collect();
-    targets.extend(root.filter(|&pid| pid > 1));
-    loop {
-        let before = targets.len();
-        for &(pid, ppid) in &processes {
-            if targets.contains(&ppid) {
-                targets.insert(pid);
-            }
-        }
-        if targets.len() == before {
-            break;
-        }
-    }
-    targets.remove(&me);
-    for pid in targets {
-        // ESRCH (already gone) is fine; nothing else can usefully be done here.
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    }
 }
 
 /// Reads `path` lossily; empty if it cannot be read.

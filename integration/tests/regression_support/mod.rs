@@ -25,13 +25,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+pub use integration::descendants;
 use integration::{send_signal, wait_for, Server, TempDir, TIMEOUT};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::fault_support::{
-    all_pids, assert_no_panic, cmdline, no_stray_fds, processes_mentioning, stat_of, Guarded,
-};
+use crate::fault_support::{assert_no_panic, cmdline, no_stray_fds, processes_mentioning, Guarded};
 
 /// How long a process that cannot start may take to exit (a debug binary, a loaded machine).
 pub const QUICK: Duration = Duration::from_secs(15);
@@ -177,27 +176,6 @@ pub fn upgrade(server: &Server, old: i32, generation: u64) -> i32 {
         "no `{ready}` in the log"
     );
     new
-}
-
-/// Every descendant of `pid` (children, their children, ...), read from `/proc`.
-pub fn descendants(pid: i32) -> BTreeSet<i32> {
-    let table: Vec<(i32, i32)> = all_pids()
-        .into_iter()
-        .filter_map(|p| Some((p, stat_of(p)?.1)))
-        .collect();
-    let mut found = BTreeSet::from([pid]);
-    loop {
-        let before = found.len();
-        for (child, parent) in &table {
-            if found.contains(parent) {
-                found.insert(*child);
-            }
-        }
-        if found.len() == before {
-            found.remove(&pid);
-            return found;
-        }
-    }
 }
 
 /// Processes to SIGKILL when the test ends, however it ends: each pid with the command line it
