@@ -84,7 +84,7 @@ impl Handle {
 /// | [`pid_file`](Self::pid_file) | none |
 /// | [`hammer_time`](Self::hammer_time) | 60 s |
 /// | [`upgrade_timeout`](Self::upgrade_timeout) | 30 s |
-/// | [`idle_close_after`](Self::idle_close_after) | 250 ms |
+/// | [`idle_close_after`](Self::idle_close_after) | the [`keep_alive`](Self::keep_alive) timeout (actix-web: 5 s) |
 /// | [`backlog`](Self::backlog) | 4096 |
 /// | [`executable`](Self::executable) | the path this process was started as |
 /// | [`workers`](Self::workers), [`keep_alive`](Self::keep_alive), ... | actix-web's defaults |
@@ -250,8 +250,17 @@ where
     /// During a drain, once no request has been in flight for this long, the connections left
     /// are idle keep-alive connections and are closed. Every connection that does send a
     /// request during the drain gets `Connection: close` on its response instead.
+    ///
+    /// The default is the [`keep_alive`](Self::keep_alive) timeout (actix-web's 5 s when it
+    /// is not set, or set to `KeepAlive::Os` or in [`configure`](Self::configure)): a drain
+    /// closes an idle connection no sooner than normal operation would, so a proxy whose own
+    /// idle timeout is shorter (nginx's upstream `keepalive_timeout 4s`) always closes first and
+    /// never sends a request on a connection the server is closing. A shorter value lets an old
+    /// generation with idle clients exit sooner, at the cost of that race: a client sending on
+    /// the connection at the moment it closes sees it fail (idempotent requests are retried by
+    /// most clients and proxies; a `POST` behind nginx gets a 502).
     pub fn idle_close_after(mut self, idle: Duration) -> Self {
-        self.settings.idle_close_after = idle;
+        self.settings.idle_close_after = Some(idle);
         self
     }
 
@@ -447,7 +456,7 @@ where
         App {
             factory: Box::new(move || factory().into_factory()),
             binds: self.binds,
-            settings: self.settings,
+            settings: self.settings.resolve_idle_close(&self.server),
             server: self.server,
             hooks: self.hooks,
             configure: self.configure,

@@ -62,7 +62,8 @@ pub(crate) struct Settings {
     pub(crate) pid_file: Option<PathBuf>,
     pub(crate) hammer_time: HammerTime,
     pub(crate) upgrade_timeout: Duration,
-    pub(crate) idle_close_after: Duration,
+    /// `None` until [`Settings::resolve_idle_close`]: the keep-alive timeout.
+    pub(crate) idle_close_after: Option<Duration>,
     pub(crate) backlog: u32,
     pub(crate) executable: Option<PathBuf>,
     pub(crate) unix_socket_mode: Option<u32>,
@@ -78,7 +79,7 @@ impl Default for Settings {
             pid_file: None,
             hammer_time: HammerTime::After(Duration::from_secs(60)),
             upgrade_timeout: Duration::from_secs(30),
-            idle_close_after: Duration::from_millis(250),
+            idle_close_after: None,
             backlog: 4096,
             executable: None,
             unix_socket_mode: None,
@@ -87,6 +88,30 @@ impl Default for Settings {
             control_socket: None,
             commit_after: None,
         }
+    }
+}
+
+/// actix-web's keep-alive timeout when none is set (`KeepAlive::default()`).
+const ACTIX_KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+impl Settings {
+    /// Sets the drain's idle close, unless the builder did, to the keep-alive timeout: a
+    /// drain then closes an idle connection no sooner than normal operation would, so a
+    /// client or proxy that closes its idle connections first (nginx's upstream
+    /// `keepalive_timeout` below the app's) never sends on one the server is closing.
+    pub(crate) fn resolve_idle_close(mut self, server: &ServerSettings) -> Self {
+        use actix_web::http::KeepAlive;
+        let keep_alive = match server.keep_alive {
+            Some(KeepAlive::Timeout(timeout)) => timeout,
+            _ => ACTIX_KEEP_ALIVE,
+        };
+        self.idle_close_after.get_or_insert(keep_alive);
+        self
+    }
+
+    /// The drain's idle close (resolved when the runtime starts).
+    pub(crate) fn idle_close(&self) -> Duration {
+        self.idle_close_after.unwrap_or(ACTIX_KEEP_ALIVE)
     }
 }
 

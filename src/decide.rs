@@ -116,6 +116,49 @@ pub(crate) fn drain(
     }
 }
 
+/// Without an accept-queue count (a Unix socket): how many keep-alive connections asked to
+/// close may be still open at a time.
+pub(crate) const CLOSE_WINDOW: usize = 512;
+/// How long the accept queue may stay at least half full before pacing gives up: nobody is
+/// taking connections from it (a stop, not a hand-over), so holding clients back gains nothing.
+pub(crate) const QUEUE_STALL: Duration = Duration::from_millis(250);
+
+/// The accept queue of the listening sockets a draining process shares with its successor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AcceptQueue {
+    /// Connections the kernel completed that no process has accepted yet.
+    pub(crate) queued: usize,
+    /// The most it holds (the backlog, capped by `net.core.somaxconn`); more are dropped.
+    pub(crate) limit: usize,
+}
+
+impl AcceptQueue {
+    /// At least half full: the successor is not keeping up.
+    pub(crate) fn crowded(&self) -> bool {
+        self.queued * 2 >= self.limit
+    }
+}
+
+/// How many more keep-alive connections a draining process may ask to close now, the pacing
+/// that keeps a drain from turning into a reconnect storm: every client asked reconnects at
+/// once, to the shared accept queue, and a queue that overflows drops connections that the
+/// client's kernel retries only after a second. So the closes asked and not yet done
+/// (`pending`), plus the connections already waiting in the queue, stay within half the
+/// queue; the other half is for clients arriving anyway. `queue` is `None` where the kernel
+/// gives no count (then [`CLOSE_WINDOW`] pending closes at a time); `crowded_for` is how long
+/// the queue has been [`AcceptQueue::crowded`] without a break.
+pub(crate) fn close_allowance(
+    queue: Option<AcceptQueue>,
+    pending: usize,
+    crowded_for: Duration,
+) -> usize {
+    match queue {
+        None => CLOSE_WINDOW.saturating_sub(pending),
+        Some(_) if crowded_for >= QUEUE_STALL => usize::MAX,
+        Some(q) => (q.limit / 2).saturating_sub(q.queued + pending),
+    }
+}
+
 /// A master's restart delay for a worker that died after serving for `served_for`, given the
 /// current back-off: returns the delay to use now and the back-off after it.
 pub(crate) fn restart_delay(
@@ -202,7 +245,7 @@ mod tests {
             (50, true, 0, 0, 0, None, Some(60_000), Drained),
             // A request in flight keeps every connection open.
             (100, true, 3, 1, 0, Some(3), Some(60_000), Wait),
-            // Idle keep-alive connections: closed once idle_close_after (250 ms) passed.
+            // Idle keep-alive connections: closed once idle_close_after (here 250 ms) passed.
             (100, true, 3, 0, 249, Some(3), Some(60_000), Wait),
             (100, true, 3, 0, 250, Some(3), Some(60_000), CloseIdle { connections: 3 }),
             (100, true, 3, 0, 250, None, Some(60_000), CloseIdle { connections: 3 }),
@@ -257,6 +300,52 @@ mod tests {
         });
         assert_eq!(verdict, DrainVerdict::CloseIdle { connections: 5 });
         assert_eq!(asked, 1);
+    }
+
+    /// (queued, limit or none, pending, crowded for ms) -> allowance
+    #[test]
+    fn close_allowance_table() {
+        const ALL: usize = usize::MAX;
+        #[rustfmt::skip]
+        let table: &[(usize, Option<usize>, usize, u64, usize)] = &[
+            // An empty queue of 4096: half of it for clients asked to reconnect.
+            (0, Some(4096), 0, 0, 2048),
+            // Asked and not yet reconnected, or waiting in the queue: counted against it.
+            (0, Some(4096), 2000, 0, 48),
+            (1000, Some(4096), 1000, 0, 48),
+            (2048, Some(4096), 0, 0, 0),
+            (4096, Some(4096), 0, 0, 0),
+            (3000, Some(4096), 5000, 0, 0),
+            // A small backlog paces as tightly.
+            (0, Some(128), 10, 0, 54),
+            // Crowded for the stall time: nobody accepts; pacing gives up.
+            (2048, Some(4096), 0, 249, 0),
+            (2048, Some(4096), 0, 250, ALL),
+            (4096, Some(4096), 9999, 10_000, ALL),
+            // No count (a Unix socket): a window of pending closes.
+            (0, None, 0, 0, 512),
+            (0, None, 500, 0, 12),
+            (0, None, 600, 0, 0),
+            (0, None, 600, 10_000, 0),
+        ];
+        for &(queued, limit, pending, crowded, expected) in table {
+            let queue = limit.map(|limit| AcceptQueue { queued, limit });
+            assert_eq!(
+                close_allowance(queue, pending, ms(crowded)),
+                expected,
+                "{queue:?}, {pending} pending, crowded for {crowded} ms"
+            );
+        }
+        assert!(AcceptQueue {
+            queued: 2048,
+            limit: 4096
+        }
+        .crowded());
+        assert!(!AcceptQueue {
+            queued: 2047,
+            limit: 4096
+        }
+        .crowded());
     }
 
     #[test]

@@ -2,9 +2,12 @@
 //!
 //! actix's own graceful stop will not read a request that already sits in a keep-alive
 //! connection's socket buffer, and drops connections still queued for a worker. The runtime
-//! drains differently: it stops accepting (`pause`), then every response carries
-//! `Connection: close` so each client finishes its current exchange and reconnects (to the new
-//! generation), and the runtime waits until this process's connections are gone. For that it
+//! drains differently: it stops accepting (`pause`), then responses carry `Connection: close`
+//! so each client finishes its current exchange and reconnects (to the new generation), and
+//! the runtime waits until this process's connections are gone. How many keep-alive
+//! connections may be asked to close at a time is a budget the control thread sets (see
+//! [`crate::decide::close_allowance`]): ten thousand clients asked at once would reconnect in
+//! one burst and overflow the accept queue. For that it
 //! counts open connections (a guard in the connection's extensions) and requests whose response
 //! body has not been sent yet (a guard inside the body), in one process-wide tracker.
 
@@ -34,6 +37,10 @@ pub(crate) static TRACKER: Tracker = Tracker::new();
 pub(crate) struct Tracker {
     /// Read on every response; written once per drain. Alone on its cache line.
     draining: Padded<AtomicBool>,
+    /// While draining: how many more keep-alive connections may be asked to close.
+    close_budget: Padded<AtomicUsize>,
+    /// Keep-alive connections asked to close, ever.
+    closes_asked: AtomicUsize,
     /// When the current drain began (see [`Tracker::touch`]), in nanoseconds since [`epoch`].
     touched: AtomicU64,
     /// One per thread that ever counted something; never removed (a few per worker thread).
@@ -77,6 +84,8 @@ impl Tracker {
     const fn new() -> Self {
         Tracker {
             draining: Padded(AtomicBool::new(false)),
+            close_budget: Padded(AtomicUsize::new(0)),
+            closes_asked: AtomicUsize::new(0),
             touched: AtomicU64::new(0),
             shards: Mutex::new(Vec::new()),
         }
@@ -102,9 +111,36 @@ impl Tracker {
         shards.iter().map(|s| count(s)).sum()
     }
 
-    /// From now on every response asks its client to close the connection.
+    /// From now on responses ask their clients to close the connection, as many as the
+    /// close budget allows (none until [`Tracker::set_close_budget`]).
     pub(crate) fn set_draining(&self, draining: bool) {
+        self.close_budget.0.store(0, Ordering::SeqCst);
         self.draining.0.store(draining, Ordering::SeqCst);
+    }
+
+    /// How many more keep-alive connections may be asked to close, from now on.
+    pub(crate) fn set_close_budget(&self, budget: usize) {
+        self.close_budget.0.store(budget, Ordering::SeqCst);
+    }
+
+    /// Keep-alive connections asked to close so far (ever; a drain counts from its start).
+    pub(crate) fn closes_asked(&self) -> usize {
+        self.closes_asked.load(Ordering::Relaxed)
+    }
+
+    /// Whether the response to a request on a keep-alive connection should close it: while
+    /// draining, if the budget allows (and then it takes one from the budget).
+    fn take_close(&self) -> bool {
+        let taken = self.draining()
+            && self
+                .close_budget
+                .0
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |b| b.checked_sub(1))
+                .is_ok();
+        if taken {
+            self.closes_asked.fetch_add(1, Ordering::Relaxed);
+        }
+        taken
     }
 
     fn draining(&self) -> bool {
@@ -276,6 +312,9 @@ where
 
     fn call(&self, req: actix_http::Request) -> Self::Future {
         Counted {
+            // HTTP/2 has no `Connection: close`: its connections must not use up the budget.
+            keep_alive: req.head().version <= actix_web::http::Version::HTTP_11
+                && req.head().connection_type() == ConnectionType::KeepAlive,
             guard: Some(InFlightGuard::new()),
             fut: self.inner.call(req),
             _body: PhantomData,
@@ -287,6 +326,8 @@ pin_project_lite::pin_project! {
     /// The response future of [`DrainService`]: moves the in-flight guard into the body and
     /// asks the client to close the connection while draining.
     pub struct Counted<F, B> {
+        // Whether the client asked to keep the connection (HTTP/1.1 default).
+        keep_alive: bool,
         guard: Option<InFlightGuard>,
         #[pin]
         fut: F,
@@ -311,7 +352,11 @@ where
         let guard = this.guard.take().unwrap_or_else(InFlightGuard::new);
         let mut res = res.map_body(|_, body| CountedBody { body, guard });
         // Not on a protocol switch (a WebSocket handshake): its `Connection: upgrade` must stay.
-        if TRACKER.draining() && res.status() != actix_web::http::StatusCode::SWITCHING_PROTOCOLS {
+        // A client closing anyway (`Connection: close`, HTTP/1.0) takes nothing from the budget.
+        if *this.keep_alive
+            && res.status() != actix_web::http::StatusCode::SWITCHING_PROTOCOLS
+            && TRACKER.take_close()
+        {
             res.head_mut().set_connection_type(ConnectionType::Close);
         }
         Poll::Ready(Ok(res))

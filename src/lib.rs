@@ -96,11 +96,14 @@
 //!   that (systemd: `Type=notify` with `NotifyAccess=all`, or a wrapper).
 //! - Standard signals do not queue: two identical signals sent back to back may be handled
 //!   once. Upgrades are serialised anyway; a `SIGHUP` during an upgrade or a drain is ignored.
-//! - An idle keep-alive connection is closed once no request has been in flight for
-//!   [`Endless::idle_close_after`]; a client that sends on it at that very moment sees the
-//!   connection close, as with any HTTP/1.1 server closing an idle connection. Clients retry
-//!   idempotent requests in that case (RFC 9112 §9.3.1); load generators such as wrk keep their
-//!   connections busy and never hit it.
+//! - An idle keep-alive connection is closed during a drain once no request has been in
+//!   flight for [`Endless::idle_close_after`], by default the keep-alive timeout: no sooner
+//!   than normal operation would, so a proxy that closes its idle upstream connections sooner
+//!   never sends on one being closed, and an old generation with idle clients lingers that
+//!   long. A client that keeps idle connections longer than the server can send on one at the
+//!   moment it closes, as with any HTTP/1.1 server; clients retry idempotent requests then
+//!   (RFC 9112 §9.3.1). Load generators such as wrk keep their connections busy and get
+//!   `Connection: close` instead.
 //! - `HttpServer::on_connect`, `bind`/`listen` and its signal handling belong to the runtime;
 //!   use [`Endless::on_connect`] and [`Endless::bind`] (a `bind` or `listen` inside
 //!   [`Endless::configure`] is a start-up error; see there for what cannot be detected).

@@ -65,6 +65,10 @@ struct Drain {
     /// Connections open, and ever opened, when it began.
     connections_at_start: usize,
     opened_at_start: usize,
+    /// Keep-alive connections asked to close before it began (see [`Drain::pending_closes`]).
+    closes_at_start: usize,
+    /// Since when the accept queue has been crowded (see [`decide::close_allowance`]).
+    crowded_since: Option<Instant>,
     /// When progress was last reported.
     reported: Instant,
     /// The new generation this process handed over to. While it is the newest serving
@@ -551,6 +555,8 @@ impl Control {
             cause,
             connections_at_start: connections,
             opened_at_start: TRACKER.opened(),
+            closes_at_start: TRACKER.closes_asked(),
+            crowded_since: None,
             reported: now,
             successor,
             acceptor_paused: false,

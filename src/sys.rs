@@ -276,6 +276,39 @@ pub(crate) fn epoll_watches_any(fds: &[RawFd]) -> io::Result<bool> {
     Ok(false)
 }
 
+/// The accept queues of the listening TCP sockets `fds`, summed: connections completed and
+/// not yet accepted, and the most the queues hold. `None` if one of them is not a TCP socket
+/// (a Unix socket has no such count) or is gone.
+pub(crate) fn accept_queue(fds: &[RawFd]) -> Option<(usize, usize)> {
+    /// `TCP_LISTEN` of the kernel's `include/net/tcp_states.h` (not in the libc crate).
+    const TCP_LISTEN: u8 = 10;
+    let mut total = (0, 0);
+    for &fd in fds {
+        // SAFETY: tcp_info is plain integers; all zeroes is a valid value.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `info`, which it owns; an fd that
+        // is not (or no longer) a TCP socket only makes it fail.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        // For a listening socket the kernel reports the accept queue's length in
+        // tcpi_unacked and its limit in tcpi_sacked (tcp_get_info, TCP_LISTEN).
+        if rc != 0 || info.tcpi_state != TCP_LISTEN || info.tcpi_sacked == 0 {
+            return None;
+        }
+        total.0 += info.tcpi_unacked as usize;
+        total.1 += info.tcpi_sacked as usize;
+    }
+    Some(total)
+}
+
 /// How many connections accepted from the listeners at `listening` this process holds open,
 /// as the kernel sees them: including those accepted but still queued for a worker, which
 /// no callback has counted yet.

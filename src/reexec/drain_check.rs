@@ -1,6 +1,6 @@
 //! The drain check of a serving process: measure, ask [`decide::drain`], report, act.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
@@ -30,6 +30,7 @@ impl Control {
                 crate::draining::set(true);
             }
         }
+        self.pace_closes(&mut drain);
         let view = DrainView {
             elapsed,
             acceptor_paused: drain.acceptor_paused,
@@ -39,7 +40,7 @@ impl Control {
         };
         let verdict = decide::drain(
             &view,
-            self.settings.idle_close_after,
+            self.settings.idle_close(),
             self.settings.hammer_time,
             || sys::count_accepted(&self.listening).ok(),
         );
@@ -114,6 +115,30 @@ impl Control {
             self.tally.ok += 1;
         }
         self.stop_server()
+    }
+
+    /// Sets how many more keep-alive connections may be asked to close now
+    /// ([`decide::close_allowance`]).
+    fn pace_closes(&self, drain: &mut Drain) {
+        let queue = sys::accept_queue(&self.acceptor_fds)
+            .map(|(queued, limit)| decide::AcceptQueue { queued, limit });
+        let crowded_for = match queue {
+            Some(q) if q.crowded() => drain
+                .crowded_since
+                .get_or_insert_with(Instant::now)
+                .elapsed(),
+            _ => {
+                drain.crowded_since = None;
+                Duration::ZERO
+            }
+        };
+        // Asked to close and still open: every connection that ended since the drain began
+        // counts as one that was asked (an over-count that only lets pacing go faster).
+        let asked = TRACKER.closes_asked().saturating_sub(drain.closes_at_start);
+        let ended = (drain.connections_at_start + TRACKER.opened())
+            .saturating_sub(drain.opened_at_start + TRACKER.connections());
+        let pending = asked.saturating_sub(ended);
+        TRACKER.set_close_budget(decide::close_allowance(queue, pending, crowded_for));
     }
 
     /// Reports how a drain ended: `idle` connections closed idle, `cut` closed by force.
