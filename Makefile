@@ -43,6 +43,8 @@ doc:
 ## Restart-under-load benchmark (release build, wrk); prints one table.
 bench:
 	@command -v $(WRK) >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+	@# The nginx peer rows (binary upgrade): Debian's nginx; without it they show ERROR.
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null 2>&1; } || echo "nginx unavailable: its peer rows will fail"
 	$(CARGO) build --release --examples -p actix-endless
 	$(CARGO) build --release -p integration --bins
 	$(CARGO) run --release -q -p integration --bin restart_bench -- $(BENCH_ARGS)

@@ -116,11 +116,19 @@ pub(crate) fn drain(
     }
 }
 
+/// Pacing of `Connection: close` during a drain: one close for this many responses served by
+/// both generations together (reconnecting costs about as much as a request or two, so moving
+/// the connections costs well under a tenth of the capacity while it lasts)...
+pub(crate) const CLOSE_EVERY: usize = 16;
+/// ... but never fewer closes per second than this, so that lightly used connections move too.
+pub(crate) const MIN_CLOSES_PER_SEC: usize = 1000;
+/// Closes allowed at once when a drain begins.
+pub(crate) const CLOSE_BURST: usize = 64;
 /// Without an accept-queue count (a Unix socket): how many keep-alive connections asked to
 /// close may be still open at a time.
 pub(crate) const CLOSE_WINDOW: usize = 512;
 /// How long the accept queue may stay at least half full before pacing gives up: nobody is
-/// taking connections from it (a stop, not a hand-over), so holding clients back gains nothing.
+/// taking connections from it, so holding clients back gains nothing.
 pub(crate) const QUEUE_STALL: Duration = Duration::from_millis(250);
 
 /// The accept queue of the listening sockets a draining process shares with its successor.
@@ -139,24 +147,53 @@ impl AcceptQueue {
     }
 }
 
-/// How many more keep-alive connections a draining process may ask to close now, the pacing
-/// that keeps a drain from turning into a reconnect storm: every client asked reconnects at
-/// once, to the shared accept queue, and a queue that overflows drops connections that the
-/// client's kernel retries only after a second. So the closes asked and not yet done
-/// (`pending`), plus the connections already waiting in the queue, stay within half the
-/// queue; the other half is for clients arriving anyway. `queue` is `None` where the kernel
-/// gives no count (then [`CLOSE_WINDOW`] pending closes at a time); `crowded_for` is how long
-/// the queue has been [`AcceptQueue::crowded`] without a break.
-pub(crate) fn close_allowance(
-    queue: Option<AcceptQueue>,
-    pending: usize,
-    crowded_for: Duration,
-) -> usize {
-    match queue {
-        None => CLOSE_WINDOW.saturating_sub(pending),
-        Some(_) if crowded_for >= QUEUE_STALL => usize::MAX,
-        Some(q) => (q.limit / 2).saturating_sub(q.queued + pending),
+/// What a draining process knows when it paces its `Connection: close` answers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CloseView {
+    /// Time since the drain began.
+    pub(crate) elapsed: Duration,
+    /// Closes earned by the traffic so far ([`traffic_credit`]).
+    pub(crate) credit: usize,
+    /// Keep-alive connections asked to close since the drain began.
+    pub(crate) asked: usize,
+    /// Of those, the ones still open (their client has not reconnected yet).
+    pub(crate) pending: usize,
+    /// The shared accept queue, where the kernel gives a count (TCP).
+    pub(crate) queue: Option<AcceptQueue>,
+    /// How long the queue has been [`AcceptQueue::crowded`] without a break.
+    pub(crate) crowded_for: Duration,
+}
+
+/// How many more keep-alive connections a draining process may ask to close now: the pacing
+/// that keeps a drain from turning into a reconnect storm. Every client asked reconnects at
+/// once, to the new generation; ten thousand of them asked together make it spend half a
+/// second of the whole machine on connection set-up, and every request waits meanwhile.
+///
+/// So closes follow the traffic: one for every [`CLOSE_EVERY`] responses of both generations,
+/// at least [`MIN_CLOSES_PER_SEC`], after a first [`CLOSE_BURST`]. And the closes not yet reconnected
+/// plus the connections waiting in the accept queue stay within half of it, so that it never
+/// overflows (a dropped connection attempt is retried only after a second); without a count,
+/// [`CLOSE_WINDOW`] pending closes at a time. A queue crowded for [`QUEUE_STALL`] means nobody
+/// takes connections from it (a stop, not a hand-over): then everything is asked at once.
+pub(crate) fn close_allowance(view: &CloseView) -> usize {
+    if view.queue.is_some() && view.crowded_for >= QUEUE_STALL {
+        return usize::MAX;
     }
+    let per_sec = view.elapsed.as_millis() as usize * MIN_CLOSES_PER_SEC / 1000;
+    let paced = CLOSE_BURST + view.credit.max(per_sec);
+    let by_queue = match view.queue {
+        None => CLOSE_WINDOW.saturating_sub(view.pending),
+        Some(q) => (q.limit / 2).saturating_sub(q.queued + view.pending),
+    };
+    paced.saturating_sub(view.asked).min(by_queue)
+}
+
+/// The closes earned by `served` responses of the draining process while it held
+/// `connections` of the `at_start` connections it had when the drain began: the new
+/// generation serves the others, and the clients are alike, so both together served about
+/// `served * at_start / connections`; one close per [`CLOSE_EVERY`] of those.
+pub(crate) fn traffic_credit(served: usize, at_start: usize, connections: usize) -> f64 {
+    served as f64 * at_start.max(1) as f64 / connections.max(1) as f64 / CLOSE_EVERY as f64
 }
 
 /// A master's restart delay for a worker that died after serving for `served_for`, given the
@@ -302,38 +339,59 @@ mod tests {
         assert_eq!(asked, 1);
     }
 
-    /// (queued, limit or none, pending, crowded for ms) -> allowance
+    /// (elapsed ms, credit, asked, pending, queued, limit or none, crowded for ms) -> allowance
     #[test]
     fn close_allowance_table() {
         const ALL: usize = usize::MAX;
+        type Row = (u64, usize, usize, usize, usize, Option<usize>, u64, usize);
         #[rustfmt::skip]
-        let table: &[(usize, Option<usize>, usize, u64, usize)] = &[
-            // An empty queue of 4096: half of it for clients asked to reconnect.
-            (0, Some(4096), 0, 0, 2048),
-            // Asked and not yet reconnected, or waiting in the queue: counted against it.
-            (0, Some(4096), 2000, 0, 48),
-            (1000, Some(4096), 1000, 0, 48),
-            (2048, Some(4096), 0, 0, 0),
-            (4096, Some(4096), 0, 0, 0),
-            (3000, Some(4096), 5000, 0, 0),
-            // A small backlog paces as tightly.
-            (0, Some(128), 10, 0, 54),
+        let table: &[Row] = &[
+            // The first burst, before anything was served.
+            (0, 0, 0, 0, 0, Some(4096), 0, 64),
+            // Busy: the traffic's credit (here 100), plus the burst ...
+            (10, 100, 0, 0, 0, Some(4096), 0, 164),
+            (10, 100, 150, 20, 0, Some(4096), 0, 14),
+            (10, 100, 164, 0, 0, Some(4096), 0, 0),
+            // ... quiet: at least 1,000 a second (500 ms: 500, plus the burst).
+            (500, 10, 0, 0, 0, Some(4096), 0, 564),
+            (500, 10, 600, 0, 0, Some(4096), 0, 0),
+            // The accept queue: pending closes plus queued connections within half of it.
+            (10_000, 100_000, 0, 2000, 0, Some(4096), 0, 48),
+            (10_000, 100_000, 0, 1000, 1000, Some(4096), 0, 48),
+            (10_000, 100_000, 0, 0, 2048, Some(4096), 0, 0),
+            (10_000, 100_000, 0, 0, 0, Some(128), 0, 64),
+            (10_000, 100_000, 0, 10, 0, Some(128), 0, 54),
             // Crowded for the stall time: nobody accepts; pacing gives up.
-            (2048, Some(4096), 0, 249, 0),
-            (2048, Some(4096), 0, 250, ALL),
-            (4096, Some(4096), 9999, 10_000, ALL),
-            // No count (a Unix socket): a window of pending closes.
-            (0, None, 0, 0, 512),
-            (0, None, 500, 0, 12),
-            (0, None, 600, 0, 0),
-            (0, None, 600, 10_000, 0),
+            (10, 0, 64, 0, 2048, Some(4096), 249, 0),
+            (10, 0, 64, 0, 2048, Some(4096), 250, ALL),
+            // No count (a Unix socket): a window of pending closes; no stall rule.
+            (10_000, 100_000, 0, 0, 0, None, 0, 512),
+            (10_000, 100_000, 0, 500, 0, None, 0, 12),
+            (10_000, 100_000, 0, 600, 0, None, 10_000, 0),
         ];
-        for &(queued, limit, pending, crowded, expected) in table {
-            let queue = limit.map(|limit| AcceptQueue { queued, limit });
+        for &(elapsed, credit, asked, pending, queued, limit, crowded, expected) in table {
+            let view = CloseView {
+                elapsed: ms(elapsed),
+                credit,
+                asked,
+                pending,
+                queue: limit.map(|limit| AcceptQueue { queued, limit }),
+                crowded_for: ms(crowded),
+            };
+            assert_eq!(close_allowance(&view), expected, "{view:?}");
+        }
+        // (served, connections at start, now) -> credit: the old generation's share of the
+        // traffic shrinks with its share of the connections.
+        for (served, at_start, now, credit) in [
+            (1_600, 10_000, 10_000, 100.0),
+            (1_600, 10_000, 5_000, 200.0),
+            (1_600, 10_000, 0, 1_000_000.0),
+            (16, 0, 0, 1.0),
+        ] {
             assert_eq!(
-                close_allowance(queue, pending, ms(crowded)),
-                expected,
-                "{queue:?}, {pending} pending, crowded for {crowded} ms"
+                traffic_credit(served, at_start, now),
+                credit,
+                "{served} {at_start} {now}"
             );
         }
         assert!(AcceptQueue {

@@ -7,7 +7,7 @@
 //! the runtime waits until this process's connections are gone. How many keep-alive
 //! connections may be asked to close at a time is a budget the control thread sets (see
 //! [`crate::decide::close_allowance`]): ten thousand clients asked at once would reconnect in
-//! one burst and overflow the accept queue. For that it
+//! one burst, and re-establishing them would take the whole machine for half a second. For that it
 //! counts open connections (a guard in the connection's extensions) and requests whose response
 //! body has not been sent yet (a guard inside the body), in one process-wide tracker.
 
@@ -58,6 +58,8 @@ struct Shard {
     /// Connections ever opened on this thread.
     opened: AtomicUsize,
     in_flight: AtomicUsize,
+    /// Responses finished on this thread, ever.
+    served: AtomicUsize,
     /// When the last response of this thread finished, in nanoseconds since [`epoch`].
     last_done: AtomicU64,
 }
@@ -96,6 +98,7 @@ impl Tracker {
             connections: AtomicUsize::new(0),
             opened: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
+            served: AtomicUsize::new(0),
             last_done: AtomicU64::new(0),
         }));
         self.shards
@@ -155,6 +158,11 @@ impl Tracker {
     /// Open connections of this process.
     pub(crate) fn connections(&self) -> usize {
         self.sum(|s| s.connections.load(Ordering::SeqCst))
+    }
+
+    /// Responses finished (sent or abandoned), ever.
+    pub(crate) fn served(&self) -> usize {
+        self.sum(|s| s.served.load(Ordering::Relaxed))
     }
 
     /// Requests whose response has not been completely sent.
@@ -228,6 +236,7 @@ impl InFlightGuard {
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.0.last_done.store(now_nanos(), Ordering::SeqCst);
+        self.0.served.fetch_add(1, Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -65,8 +65,11 @@ struct Drain {
     /// Connections open, and ever opened, when it began.
     connections_at_start: usize,
     opened_at_start: usize,
-    /// Keep-alive connections asked to close before it began (see [`Drain::pending_closes`]).
+    /// Keep-alive connections asked to close, and responses served, before it began.
     closes_at_start: usize,
+    /// Responses served when the credit for closes was last updated, and the credit.
+    served_seen: usize,
+    close_credit: f64,
     /// Since when the accept queue has been crowded (see [`decide::close_allowance`]).
     crowded_since: Option<Instant>,
     /// When progress was last reported.
@@ -111,6 +114,9 @@ pub(crate) struct Control {
     pub(crate) listening: Vec<LocalAddr>,
     /// The descriptors of actix's own copies of the listening sockets.
     pub(crate) acceptor_fds: Vec<RawFd>,
+    /// The epoll instances that watched them when serving began (the acceptor's), found while
+    /// few descriptors are open.
+    pub(crate) acceptor_epolls: Vec<RawFd>,
     pub(crate) levers: Levers,
     /// The Unix socket files as they were at start-up.
     pub(crate) socket_files: SocketFiles,
@@ -217,6 +223,8 @@ impl Control {
         if !matches!(state, State::Starting) {
             return state;
         }
+        // Before any client of the previous generation is sent here.
+        self.acceptor_epolls = sys::epolls_watching(&self.acceptor_fds).unwrap_or_default();
         // The pid file is written right before the ready byte: an upgrade that fails earlier
         // leaves it naming the old generation.
         if let Err(e) = self.reporter.write_pid_file(who.pid) {
@@ -556,6 +564,8 @@ impl Control {
             connections_at_start: connections,
             opened_at_start: TRACKER.opened(),
             closes_at_start: TRACKER.closes_asked(),
+            served_seen: TRACKER.served(),
+            close_credit: 0.0,
             crowded_since: None,
             reported: now,
             successor,

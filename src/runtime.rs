@@ -487,6 +487,7 @@ where
         socket_files: SocketFiles::record(&listeners),
         listeners,
         acceptor_fds: built.acceptor_fds,
+        acceptor_epolls: Vec::new(),
         levers: Levers(built.server.handle()),
         control: control.map(|socket| (socket, None)),
         tally: Default::default(),

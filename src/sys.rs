@@ -254,26 +254,47 @@ fn open_fds() -> io::Result<Vec<(RawFd, std::path::PathBuf)>> {
 /// Whether any epoll instance of this process still watches one of `fds`: after actix's
 /// acceptor has acted on a pause it has removed its listening sockets from its epoll, and only
 /// then can no connection be accepted any more.
-pub(crate) fn epoll_watches_any(fds: &[RawFd]) -> io::Result<bool> {
-    for (epoll, target) in open_fds()? {
-        if target.as_os_str() != "anon_inode:[eventpoll]" {
-            continue;
-        }
-        let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{epoll}")) else {
-            continue;
-        };
-        let watched = info.lines().filter_map(|line| {
-            line.strip_prefix("tfd:")?
-                .split_whitespace()
-                .next()?
-                .parse::<RawFd>()
-                .ok()
+///
+/// `known` are the epoll instances found watching them earlier ([`epolls_watching`]): with
+/// thousands of connections open, listing every descriptor and reading every worker's epoll
+/// (one line per connection) costs a core for a quarter of a second, so only those are read
+/// while they are still epoll instances; otherwise every one is.
+pub(crate) fn epoll_watches_any(fds: &[RawFd], known: &[RawFd]) -> io::Result<bool> {
+    let still_epolls = !known.is_empty()
+        && known.iter().all(|&fd| {
+            std::fs::read_link(format!("/proc/self/fd/{fd}"))
+                .is_ok_and(|target| target.as_os_str() == EVENTPOLL)
         });
-        if watched.into_iter().any(|fd| fds.contains(&fd)) {
-            return Ok(true);
-        }
+    if still_epolls {
+        return Ok(known.iter().any(|&epoll| epoll_watches(epoll, fds)));
     }
-    Ok(false)
+    Ok(!epolls_watching(fds)?.is_empty())
+}
+
+/// The epoll instances of this process that watch one of `fds`.
+pub(crate) fn epolls_watching(fds: &[RawFd]) -> io::Result<Vec<RawFd>> {
+    Ok(open_fds()?
+        .into_iter()
+        .filter(|(epoll, target)| target.as_os_str() == EVENTPOLL && epoll_watches(*epoll, fds))
+        .map(|(epoll, _)| epoll)
+        .collect())
+}
+
+const EVENTPOLL: &str = "anon_inode:[eventpoll]";
+
+/// Whether epoll instance `epoll` watches one of `fds` (`false` if it cannot be read).
+fn epoll_watches(epoll: RawFd, fds: &[RawFd]) -> bool {
+    let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{epoll}")) else {
+        return false;
+    };
+    let mut watched = info.lines().filter_map(|line| {
+        line.strip_prefix("tfd:")?
+            .split_whitespace()
+            .next()?
+            .parse::<RawFd>()
+            .ok()
+    });
+    watched.any(|fd| fds.contains(&fd))
 }
 
 /// The accept queues of the listening TCP sockets `fds`, summed: connections completed and
@@ -449,14 +470,24 @@ mod tests {
     fn epoll_registration_is_visible() {
         let l = bind_tcp("127.0.0.1:0".parse().unwrap(), 16).unwrap();
         let fd = l.as_raw_fd();
-        assert!(!epoll_watches_any(&[fd]).unwrap());
+        assert!(!epoll_watches_any(&[fd], &[]).unwrap());
         let epoll =
             nix::sys::epoll::Epoll::new(nix::sys::epoll::EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
         let event = nix::sys::epoll::EpollEvent::new(nix::sys::epoll::EpollFlags::EPOLLIN, 1);
         epoll.add(&l, event).unwrap();
-        assert!(epoll_watches_any(&[fd]).unwrap());
+        assert!(epoll_watches_any(&[fd], &[]).unwrap());
+        // The instances found watching it are the ones read from then on.
+        let known = epolls_watching(&[fd]).unwrap();
+        assert_eq!(known, [epoll.0.as_raw_fd()]);
+        assert!(epoll_watches_any(&[fd], &known).unwrap());
         epoll.delete(&l).unwrap();
-        assert!(!epoll_watches_any(&[fd]).unwrap());
+        assert!(!epoll_watches_any(&[fd], &known).unwrap());
+        assert!(!epoll_watches_any(&[fd], &[]).unwrap());
+        // A known descriptor that is no longer an epoll instance: every one is read again.
+        let other =
+            nix::sys::epoll::Epoll::new(nix::sys::epoll::EpollCreateFlags::empty()).unwrap();
+        other.add(&l, event).unwrap();
+        assert!(epoll_watches_any(&[fd], &[fd]).unwrap());
     }
 
     #[test]

@@ -15,7 +15,7 @@ impl Control {
         let who = self.reporter.who;
         let elapsed = drain.since.elapsed();
         if !drain.acceptor_paused {
-            let watching = sys::epoll_watches_any(&self.acceptor_fds).ok();
+            let watching = sys::epoll_watches_any(&self.acceptor_fds, &self.acceptor_epolls).ok();
             drain.acceptor_paused = match decide::acceptor(watching, elapsed) {
                 Acceptor::Paused => true,
                 Acceptor::Waiting => false,
@@ -118,8 +118,13 @@ impl Control {
     }
 
     /// Sets how many more keep-alive connections may be asked to close now
-    /// ([`decide::close_allowance`]).
+    /// ([`decide::close_allowance`]). A stop with no other process to take the clients asks
+    /// them all at once: pacing would only make it longer.
     fn pace_closes(&self, drain: &mut Drain) {
+        if drain.cause == DrainReason::Stop && self.master.is_none() {
+            TRACKER.set_close_budget(usize::MAX);
+            return;
+        }
         let queue = sys::accept_queue(&self.acceptor_fds)
             .map(|(queued, limit)| decide::AcceptQueue { queued, limit });
         let crowded_for = match queue {
@@ -134,11 +139,25 @@ impl Control {
         };
         // Asked to close and still open: every connection that ended since the drain began
         // counts as one that was asked (an over-count that only lets pacing go faster).
+        let served = TRACKER.served();
+        let connections = TRACKER.connections();
+        drain.close_credit += decide::traffic_credit(
+            served.saturating_sub(drain.served_seen),
+            drain.connections_at_start,
+            connections,
+        );
+        drain.served_seen = served;
         let asked = TRACKER.closes_asked().saturating_sub(drain.closes_at_start);
         let ended = (drain.connections_at_start + TRACKER.opened())
-            .saturating_sub(drain.opened_at_start + TRACKER.connections());
-        let pending = asked.saturating_sub(ended);
-        TRACKER.set_close_budget(decide::close_allowance(queue, pending, crowded_for));
+            .saturating_sub(drain.opened_at_start + connections);
+        TRACKER.set_close_budget(decide::close_allowance(&decide::CloseView {
+            elapsed: drain.since.elapsed(),
+            credit: drain.close_credit as usize,
+            asked,
+            pending: asked.saturating_sub(ended),
+            queue,
+            crowded_for,
+        }));
     }
 
     /// Reports how a drain ended: `idle` connections closed idle, `cut` closed by force.

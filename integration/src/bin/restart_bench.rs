@@ -7,7 +7,10 @@
 //! * **endless**: `hello` upgraded by SIGHUP N times, evenly spread (the current pid is read
 //!   from the pid file each time);
 //! * **naive**: `plain_hello` (actix-web without actix-endless) restarted N times the usual
-//!   way: SIGTERM, wait for exit, start again on the same port.
+//!   way: SIGTERM, wait for exit, start again on the same port;
+//! * the **peers** (`peers.rs`), each next to its own server without upgrades: nginx's binary
+//!   upgrade (USR2, WINCH, QUIT) and `ecdysis_hello` (ecdysis + hyper's graceful shutdown),
+//!   N upgrades each, and `plain` for naive.
 //!
 //! Then a steady-state comparison (`plain`: plain_hello without restarts, keep-alive, same
 //! `--workers`) and a **scale** row (many keep-alive connections across a few upgrades).
@@ -31,6 +34,11 @@
 //! * peak RSS: the VmRSS of every live hello process (including a new generation not yet
 //!   ready, found through `/proc/<pid>/task/*/children`) is summed every ~5 ms; the row keeps
 //!   the maximum.
+//! * timeline (every row, not the interleaved slices; off with `--no-timeline`): completed
+//!   and status > 399 responses per 100 ms from a wrk Lua script, failures per 100 ms and p99
+//!   per second from a probe of 4 sequential clients in this process, and each upgrade's
+//!   signal, ready and old-exit instants, all on the clock "time since wrk started"; drawn
+//!   into one SVG per row in `target/bench/` (`timeline.rs`, `plot.rs`).
 //!
 //! Every process is started into a guard that kills it by pid at the end of its row, also on
 //! error or panic; every wait has a deadline. Only 127.0.0.1 is used.
@@ -41,12 +49,16 @@
 mod cli;
 #[path = "restart_bench/compare.rs"]
 mod compare;
+#[path = "restart_bench/plot.rs"]
+mod plot;
 #[path = "restart_bench/procs.rs"]
 mod procs;
 #[path = "restart_bench/report.rs"]
 mod report;
 #[path = "restart_bench/scenario.rs"]
 mod scenario;
+#[path = "restart_bench/timeline.rs"]
+mod timeline;
 #[path = "restart_bench/wrk.rs"]
 mod wrk;
 
@@ -130,6 +142,8 @@ fn run(cfg: Config) -> Result<bool, String> {
     let mut runner = Runner::new(cfg.clone(), bins.clone(), work.clone());
     let mut rows: Vec<Row> = Vec::new();
     let mut comparisons: Vec<Comparison> = Vec::new();
+    let svg_dir = plot::svg_dir();
+    let mut svgs = Vec::new();
     let mut done = 0;
     let mut progress = |row: &Row| {
         done += 1;
@@ -151,8 +165,13 @@ fn run(cfg: Config) -> Result<bool, String> {
     for step in &steps {
         match *step {
             Step::Row(spec) => {
-                let row = runner.run(spec);
+                let row = runner.run_timed(spec);
                 progress(&row);
+                match plot::write_row(&svg_dir, &row) {
+                    Ok(Some(path)) => svgs.push(path),
+                    Ok(None) => {}
+                    Err(e) => eprintln!("restart_bench: SVG of the row: {e}"),
+                }
                 rows.push(row);
             }
             Step::Compare(spec) => {
@@ -165,9 +184,19 @@ fn run(cfg: Config) -> Result<bool, String> {
         }
     }
 
-    let targets = report::targets(&rows, &comparisons, &cfg);
+    let mut targets = report::targets(&rows, &comparisons, &cfg);
+    targets.extend(scenario::peers::target(&rows));
     let passed = targets.iter().all(|t| t.verdict != Verdict::Fail);
     print_report(&cfg, &bins, &setup, &rows, &comparisons, &targets);
+    if !svgs.is_empty() {
+        println!(
+            "\ntimelines: {} SVG(s) in {} (per 100 ms req/s and failures, probe p99 per 1 s, \
+             upgrade markers; see timeline.rs). The rows ran wrk with -s timeline.lua and 4 probe \
+             clients (<= 2,000 req/s in all); the interleaved slices without either.",
+            svgs.len(),
+            svg_dir.display()
+        );
+    }
 
     if passed {
         let _ = std::fs::remove_dir_all(&work);
@@ -221,7 +250,12 @@ fn plan(cfg: &Config) -> Vec<Step> {
                 kind,
                 mode,
                 cfg.connections,
-                u32::from(kind == Kind::Endless),
+                // One upgrade per 2 s, the density of the 20 s rows.
+                if kind == Kind::Endless {
+                    (cfg.slice.as_secs() as u32 / 2).max(1)
+                } else {
+                    0
+                },
                 run,
             )
         };
@@ -256,20 +290,26 @@ fn plan(cfg: &Config) -> Vec<Step> {
             if only.naive {
                 steps.push(row(Kind::Naive, mode, cfg.restarts, run));
             }
+            let peers = scenario::peers::rows(cfg, mode, run);
+            steps.extend(peers.into_iter().map(Step::Row));
             if only.endless && cfg.pairs > 0 {
                 steps.push(compare(Kind::Control, Kind::Endless, mode, run));
             }
         }
     }
     if only.scale {
+        // ABBA: a row without upgrades before and after the two with upgrades, so that the
+        // scale targets compare neighbours on a machine whose speed drifts.
         for run in 1..=cfg.runs {
-            steps.push(Step::Row(spec(
-                Kind::Scale,
-                ConnMode::KeepAlive,
-                cfg.scale_connections,
-                cfg.scale_restarts,
-                run,
-            )));
+            for restarts in [0, cfg.scale_restarts, cfg.scale_restarts, 0] {
+                steps.push(Step::Row(spec(
+                    Kind::Scale,
+                    ConnMode::KeepAlive,
+                    cfg.scale_connections,
+                    restarts,
+                    run,
+                )));
+            }
         }
     }
     steps
@@ -411,7 +451,7 @@ fn print_report(
         cfg.workers
     );
     println!(
-        "restarts: {} per endless/naive row, {} per scale row, evenly spread from ~1 s; \
+        "restarts: {} per endless/master/naive/peer row, {} per scale row, evenly spread from ~1 s; \
          upgrade rows repeated {} time(s){}",
         cfg.restarts,
         cfg.scale_restarts,
@@ -424,6 +464,7 @@ fn print_report(
     println!("rows: control = hello, no restart; endless = hello + SIGHUP upgrades; naive = plain_hello + SIGTERM/wait/start on the same port;");
     println!("      plain = plain_hello, no restart; scale = hello + upgrades with many keep-alive connections;");
     println!("      master = hello --master (stable pid) + SIGHUP to the master.");
+    println!("{}", scenario::peers::LEGEND);
     println!("vs control = req/s / req/s of the control row run just before (same mode); for information only:");
     println!("      20 s rows run one after another drift apart by up to 25 % here, so the throughput targets use the");
     println!("      interleaved comparisons below. failed requests = non-2xx + all socket errors.");
@@ -460,6 +501,14 @@ fn print_report(
         );
     }
     println!();
+    let peers = scenario::peers::summary(rows);
+    if !peers.is_empty() {
+        println!(
+            "peers: each upgrade mechanism against its own server without upgrades (same mode and run; naive's \
+             is plain); failed requests = non-2xx + socket errors:\n"
+        );
+        println!("{peers}");
+    }
     if !comparisons.is_empty() {
         println!(
             "interleaved comparisons (the throughput targets): {} pairs of {} s slices, a fresh server and \

@@ -17,18 +17,22 @@ options:
   --connections N          wrk connections, -c (default 50)
   --workers N              --workers of hello and plain_hello (default 2)
   --runs N                 repeat the upgrade rows (endless, naive, scale) N times (default 1)
-  --scale-connections N    wrk connections of the scale row (default 1000)
+  --scale-connections N    wrk connections of the scale rows (default 10000)
   --scale-restarts N       upgrades during the scale row (default 3)
   --pairs N                interleaved comparisons: N pairs of slices, base and test alternating
-                           in ABBA order; each upgrade slice has 1 SIGHUP (default 20; 0: none)
-  --slice SECS             wrk duration of one interleaved slice (default 2)
-  --only LIST              comma-separated subset of: control,endless,master,naive,steady,scale
-                           (default: all; the ratios need control and steady)
+                           in ABBA order; each upgrade slice has one SIGHUP per 2 s (default 8;
+                           0: none)
+  --slice SECS             wrk duration of one interleaved slice (default 10: long enough that
+                           each new generation's warm-up is inside it, as in the 20 s rows)
+  --only LIST              comma-separated subset of: control,endless,master,naive,steady,scale,
+                           nginx,ecdysis (default: all; the ratios need control and steady;
+                           nginx and ecdysis are the peers, each with its own no-upgrade row)
   --modes LIST             comma-separated subset of: keepalive,close (default: both)
   --quick                  smoke configuration: 5 s, 3 restarts, 3 pairs, scale 300 connections
   --hello PATH             hello example binary (default: <exe dir>/examples/hello)
   --plain PATH             plain_hello binary (default: <exe dir>/plain_hello)
   --wrk PATH               wrk binary (default: wrk on PATH)
+  --no-timeline            no per-100 ms timeline (wrk Lua script, probe clients) and no SVGs
   -h, --help               this text";
 
 /// Connection handling of the load generator.
@@ -65,6 +69,10 @@ pub struct Selection {
     pub steady: bool,
     /// `hello` with many keep-alive connections across upgrades.
     pub scale: bool,
+    /// nginx binary upgrades, and nginx without upgrades (peers.rs).
+    pub nginx: bool,
+    /// `ecdysis_hello` upgrades, and it without upgrades (peers.rs).
+    pub ecdysis: bool,
 }
 
 /// Everything the benchmark needs to know.
@@ -102,6 +110,8 @@ pub struct Config {
     pub plain: Option<PathBuf>,
     /// wrk binary.
     pub wrk: PathBuf,
+    /// Rows record a timeline and get an SVG (`--no-timeline`: off).
+    pub timeline: bool,
 }
 
 impl Default for Config {
@@ -113,10 +123,10 @@ impl Default for Config {
             connections: 50,
             workers: 2,
             runs: 1,
-            scale_connections: 1000,
+            scale_connections: 10_000,
             scale_restarts: 3,
-            pairs: 20,
-            slice: Duration::from_secs(2),
+            pairs: 8,
+            slice: Duration::from_secs(10),
             only: Selection {
                 control: true,
                 endless: true,
@@ -124,12 +134,15 @@ impl Default for Config {
                 naive: true,
                 steady: true,
                 scale: true,
+                nginx: true,
+                ecdysis: true,
             },
             modes: vec![ConnMode::KeepAlive, ConnMode::Close],
             quick: false,
             hello: None,
             plain: None,
             wrk: PathBuf::from("wrk"),
+            timeline: true,
         }
     }
 }
@@ -183,6 +196,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
             "--hello" => cfg.hello = Some(PathBuf::from(value()?)),
             "--plain" => cfg.plain = Some(PathBuf::from(value()?)),
             "--wrk" => cfg.wrk = PathBuf::from(value()?),
+            "--no-timeline" => cfg.timeline = false,
             "-h" | "--help" => return Ok(Parsed::Help),
             other => return Err(format!("unknown argument: {other}")),
         }
@@ -210,6 +224,8 @@ fn parse_only(v: &str) -> Result<Selection, String> {
         naive: false,
         steady: false,
         scale: false,
+        nginx: false,
+        ecdysis: false,
     };
     for name in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         match name {
@@ -219,6 +235,8 @@ fn parse_only(v: &str) -> Result<Selection, String> {
             "naive" => sel.naive = true,
             "steady" => sel.steady = true,
             "scale" => sel.scale = true,
+            "nginx" => sel.nginx = true,
+            "ecdysis" => sel.ecdysis = true,
             other => return Err(format!("--only: unknown row kind {other}")),
         }
     }
@@ -259,10 +277,14 @@ mod tests {
         };
         assert_eq!(cfg.duration, Duration::from_secs(20));
         assert_eq!((cfg.restarts, cfg.threads, cfg.connections), (10, 2, 50));
-        assert_eq!((cfg.workers, cfg.runs, cfg.scale_connections), (2, 1, 1000));
-        // Interleaved: upgrade slices of 2 s with 1 upgrade each, the 20 s rows' density of 10
-        // upgrades over 20 s; 20 pairs, since one 2 s slice varies by 10-20 % on this machine.
-        assert_eq!((cfg.pairs, cfg.slice), (20, Duration::from_secs(2)));
+        assert_eq!(
+            (cfg.workers, cfg.runs, cfg.scale_connections),
+            (2, 1, 10_000)
+        );
+        // Interleaved: upgrade slices of 10 s with 5 upgrades each, the 20 s rows' density of
+        // 10 upgrades over 20 s, and long enough to hold each new generation's warm-up (2 s
+        // slices started a fresh server for the control too, hiding it); 8 pairs.
+        assert_eq!((cfg.pairs, cfg.slice), (8, Duration::from_secs(10)));
     }
 
     #[test]

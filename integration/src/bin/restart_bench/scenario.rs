@@ -20,6 +20,7 @@ use nix::sys::signal::Signal;
 use crate::{
     cli::{Config, ConnMode},
     procs::{self, poll_until, Guard, Proc},
+    timeline::{self, Timeline},
     wrk::{self, WrkReport, WrkSpec},
 };
 
@@ -38,6 +39,15 @@ const RSS_PERIOD: Duration = Duration::from_millis(5);
 /// Error of a row cut short by SIGINT/SIGTERM.
 const INTERRUPTED: &str = "interrupted by a signal";
 
+/// The peer rows (nginx, ecdysis): a child module, to drive rows with the runner's helpers.
+#[path = "naive.rs"]
+mod naive;
+#[path = "peers.rs"]
+pub mod peers;
+#[path = "sampling.rs"]
+mod sampling;
+use sampling::*;
+
 /// What a row measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -53,6 +63,8 @@ pub enum Kind {
     Plain,
     /// `hello` with many keep-alive connections across upgrades.
     Scale,
+    /// Another upgrade mechanism, or its server without upgrades (`peers.rs`).
+    Peer(peers::Peer),
 }
 
 impl Kind {
@@ -65,6 +77,7 @@ impl Kind {
             Kind::Naive => "naive",
             Kind::Plain => "plain",
             Kind::Scale => "scale",
+            Kind::Peer(p) => p.name(),
         }
     }
 }
@@ -124,6 +137,8 @@ pub struct RowData {
     /// from `getrusage`), the orphaned generations and the `ksoftirqd` threads (our loopback
     /// traffic). A noise indicator.
     pub other_cpu_pct: Option<f64>,
+    /// Upgrade instants since wrk's start; per-100 ms counts and probe only for timed rows.
+    pub timeline: Timeline,
 }
 
 /// A row and its outcome.
@@ -152,6 +167,8 @@ pub struct Runner {
     bins: Bins,
     work: PathBuf,
     seq: u32,
+    /// The current row records a timeline (wrk script and probe, see `timeline.rs`).
+    timed: bool,
 }
 
 /// Restart times relative to the start of the load: the first at `min(1 s, duration / 5)`,
@@ -184,7 +201,17 @@ impl Runner {
             bins,
             work,
             seq: 0,
+            timed: false,
         }
+    }
+
+    /// [`Runner::run`] with the wrk timeline script and the probe (unless `--no-timeline`).
+    pub fn run_timed(&mut self, spec: RowSpec) -> Row {
+        let script = self.work.join(timeline::SCRIPT_NAME);
+        self.timed = self.cfg.timeline && fs::write(script, timeline::SCRIPT).is_ok();
+        let row = self.run(spec);
+        self.timed = false;
+        row
     }
 
     /// Runs one row; never panics on server or wrk failures, they become `Err` rows.
@@ -208,6 +235,7 @@ impl Runner {
                 let mut guard = Guard::default();
                 match spec.kind {
                     Kind::Naive => self.naive(&mut guard, &dir, spec),
+                    Kind::Peer(p) => self.peer(&mut guard, &dir, spec, p),
                     _ => self.monitored(&mut guard, &dir, spec),
                 }
             });
@@ -229,6 +257,7 @@ impl Runner {
             connections: spec.connections,
             duration: spec.duration,
             mode: spec.mode,
+            script: self.timed.then(|| self.work.join(timeline::SCRIPT_NAME)),
         }
     }
 
@@ -381,6 +410,7 @@ impl Runner {
         let mut readies_before = 0usize;
 
         let (wrk_pid, t0) = self.start_wrk(guard, dir, &wspec)?;
+        let mut rec = timeline::Recorder::start(self.timed, server.addr, t0, spec.duration);
         let hard_deadline = t0 + spec.duration + WRK_GRACE + EXIT_TIMEOUT;
         let mut wrk_done = false;
         loop {
@@ -401,6 +431,7 @@ impl Runner {
                 if ready_count(dir) > readies_before {
                     let ready = Instant::now();
                     restarts.to_ready.push(ready - sent);
+                    rec.ready(ready);
                     restarts.completed += 1;
                     draining.push((ready, old));
                     pending = None;
@@ -417,6 +448,7 @@ impl Runner {
                     Some(pid) if pid != old.pid => {
                         let ready = Instant::now();
                         restarts.to_ready.push(ready - sent);
+                        rec.ready(ready);
                         restarts.completed += 1;
                         if let Some(p) = Proc::of(pid) {
                             track(guard, &mut tracked, p, first.pid);
@@ -448,6 +480,7 @@ impl Runner {
                 let since = Instant::now().saturating_duration_since(*ready);
                 if old.is_gone() {
                     restarts.to_exit.push(since);
+                    rec.old_exit(*ready + since);
                     false
                 } else if since > EXIT_TIMEOUT {
                     restarts.problems.push(format!(
@@ -470,7 +503,11 @@ impl Runner {
                     self.sighup_current(&server, &tracked)
                 };
                 match sent {
-                    Ok(old) => pending = Some((Instant::now(), old)),
+                    Ok(old) => {
+                        let sent = Instant::now();
+                        rec.signal(sent);
+                        pending = Some((sent, old));
+                    }
                     Err(e) => restarts.problems.push(e),
                 }
             }
@@ -498,7 +535,9 @@ impl Runner {
         }
 
         let wrk = self.finish_wrk(guard, dir, (wrk_pid, t0), spec.duration)?;
-        let notes = stop_all(guard, &tracked, &mut orphan_cpu, first.pid);
+        let (timeline, note) = rec.finish(dir, wrk.requests);
+        let mut notes = stop_all(guard, &tracked, &mut orphan_cpu, first.pid);
+        notes.extend(note);
         Ok(RowData {
             wrk,
             peak_rss_kib: Some(peak_rss),
@@ -506,6 +545,7 @@ impl Runner {
             notes,
             orphan_cpu_secs: orphan_cpu.values().sum(),
             other_cpu_pct: None,
+            timeline,
         })
     }
 
@@ -525,261 +565,6 @@ impl Runner {
         } else {
             Err(format!("could not send SIGHUP to {pid}"))
         }
-    }
-
-    /// Naive rows: plain_hello on a fixed port, restarted by SIGTERM, wait for exit, start.
-    fn naive(&self, guard: &mut Guard, dir: &Path, spec: RowSpec) -> Result<RowData, String> {
-        // The new process must bind the same port, so pick a free one first (bind to port 0,
-        // read it, close). The race with other programs is accepted for this one case.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("cannot find a free port: {e}"))?
-            .port();
-        let mut server = self.start_server(guard, dir, Kind::Naive, port)?;
-        let wspec = self.wrk_spec(spec, server.addr);
-        let schedule = restart_times(spec.duration, spec.restarts);
-        let mut restarts = Restarts {
-            requested: spec.restarts,
-            ..Restarts::default()
-        };
-        let mut notes = Vec::new();
-
-        let (wrk_pid, t0) = self.start_wrk(guard, dir, &wspec)?;
-        for (i, at) in schedule.iter().enumerate() {
-            let due = t0 + *at;
-            // Wait for the slot; bounded by `due`, interrupted if wrk ends.
-            let wrk_ended = poll_until(due, POLL, || guard.try_wait(wrk_pid).map(|_| ()));
-            if procs::interrupted() {
-                return Err(INTERRUPTED.into());
-            }
-            if wrk_ended.is_some() {
-                restarts.problems.push(format!(
-                    "{} of {} restarts not done before the load ended",
-                    schedule.len() - i,
-                    schedule.len()
-                ));
-                break;
-            }
-            let term = Instant::now();
-            if !guard.signal_child(server.first, Signal::SIGTERM) {
-                restarts.problems.push(format!(
-                    "plain_hello {} was gone before SIGTERM",
-                    server.first
-                ));
-            }
-            match guard.wait_child(server.first, term + EXIT_TIMEOUT) {
-                Some(_) => restarts.to_exit.push(term.elapsed()),
-                None => {
-                    restarts.problems.push(format!(
-                        "plain_hello {} did not exit within {:?} of SIGTERM; killed",
-                        server.first, EXIT_TIMEOUT
-                    ));
-                    guard.signal_child(server.first, Signal::SIGKILL);
-                    guard.wait_child(server.first, Instant::now() + Duration::from_secs(5));
-                }
-            }
-            match self.restart_plain(guard, dir, port) {
-                Ok((s, tries)) => {
-                    restarts.to_ready.push(term.elapsed());
-                    restarts.completed += 1;
-                    if tries > 1 {
-                        notes.push(format!("restart {} needed {tries} attempts", i + 1));
-                    }
-                    server = s;
-                }
-                Err(e) => {
-                    restarts.problems.push(e);
-                    break;
-                }
-            }
-        }
-
-        let wrk = self.finish_wrk(guard, dir, (wrk_pid, t0), spec.duration)?;
-        if let Some(p) = Proc::of(server.first) {
-            // Every plain_hello is our direct child: its CPU time is in getrusage(CHILDREN).
-            notes.extend(stop_all(guard, &[p], &mut HashMap::new(), p.pid));
-        }
-        Ok(RowData {
-            wrk,
-            peak_rss_kib: None,
-            restarts,
-            notes,
-            orphan_cpu_secs: 0.0,
-            other_cpu_pct: None,
-        })
-    }
-
-    /// Starts plain_hello on `port` again, retrying briefly if the port is not yet free.
-    /// Returns the server and the number of attempts.
-    fn restart_plain(
-        &self,
-        guard: &mut Guard,
-        dir: &Path,
-        port: u16,
-    ) -> Result<(Server, u32), String> {
-        const ATTEMPTS: u32 = 20;
-        let mut last_err = String::new();
-        for attempt in 1..=ATTEMPTS {
-            match self.start_server(guard, dir, Kind::Naive, port) {
-                Ok(s) => return Ok((s, attempt)),
-                Err(e) => last_err = e,
-            }
-            if procs::interrupted() {
-                break;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        Err(format!(
-            "plain_hello could not be restarted on port {port} ({ATTEMPTS} attempts): {last_err}"
-        ))
-    }
-}
-
-/// How many workers the master has reported ready so far (its log lines).
-fn ready_count(dir: &Path) -> usize {
-    fs::read_to_string(dir.join("server.log"))
-        .map(|log| {
-            log.lines()
-                .filter(|l| l.contains("master pid") && l.contains(") is ready after"))
-                .count()
-        })
-        .unwrap_or(0)
-}
-
-/// Sends SIGHUP to the master and returns the worker it serves with now (its newest live
-/// child), which the upgrade replaces.
-fn sighup_master(master: Proc, tracked: &[Proc]) -> Result<Proc, String> {
-    let worker = procs::children(master.pid)
-        .into_iter()
-        .filter_map(Proc::of)
-        .filter(|p| tracked.contains(p) || !p.is_gone())
-        .max_by_key(|p| p.start_time)
-        .ok_or("the master has no worker")?;
-    if master.signal(Signal::SIGHUP) {
-        Ok(worker)
-    } else {
-        Err(format!(
-            "could not send SIGHUP to the master {}",
-            master.pid
-        ))
-    }
-}
-
-/// Adds `p` to the tracked processes (and to the guard unless it is our direct child).
-fn track(guard: &mut Guard, tracked: &mut Vec<Proc>, p: Proc, direct: i32) {
-    if !tracked.contains(&p) {
-        tracked.push(p);
-        if p.pid != direct {
-            guard.adopt(p);
-        }
-    }
-}
-
-/// One sample: discovers children of the tracked processes (a new generation appears as a
-/// child of the old one before it is ready), records the CPU time of the processes we do not
-/// reap ourselves (all but `direct`), and returns the summed VmRSS of all live ones, in KiB.
-fn sample(
-    guard: &mut Guard,
-    tracked: &mut Vec<Proc>,
-    direct: i32,
-    orphan_cpu: &mut HashMap<(i32, u64), f64>,
-) -> u64 {
-    let live: Vec<Proc> = tracked.iter().copied().filter(|p| !p.is_gone()).collect();
-    for parent in &live {
-        for pid in procs::children(parent.pid) {
-            if let Some(child) = Proc::of(pid) {
-                track(guard, tracked, child, direct);
-            }
-        }
-    }
-    record_cpu(tracked, direct, orphan_cpu);
-    tracked
-        .iter()
-        .filter(|p| !p.is_gone())
-        .filter_map(|p| procs::rss_kib(p.pid))
-        .sum()
-}
-
-/// Updates the last seen CPU time of every live tracked process except `direct`.
-fn record_cpu(tracked: &[Proc], direct: i32, orphan_cpu: &mut HashMap<(i32, u64), f64>) {
-    for p in tracked.iter().filter(|p| p.pid != direct) {
-        if let Some(cpu) = procs::cpu_secs(p) {
-            orphan_cpu.insert((p.pid, p.start_time), cpu);
-        }
-    }
-}
-
-/// Stops every tracked process still running with SIGTERM and waits for all of them; what
-/// does not exit within [`EXIT_TIMEOUT`] is left to the guard's SIGKILL. Keeps recording the
-/// CPU time of the processes we do not reap (see [`record_cpu`]). Returns notes.
-fn stop_all(
-    guard: &mut Guard,
-    tracked: &[Proc],
-    orphan_cpu: &mut HashMap<(i32, u64), f64>,
-    direct: i32,
-) -> Vec<String> {
-    record_cpu(tracked, direct, orphan_cpu);
-    for p in tracked {
-        p.signal(Signal::SIGTERM);
-    }
-    let deadline = Instant::now() + EXIT_TIMEOUT;
-    let done = poll_until(deadline, Duration::from_millis(2), || {
-        guard.reap();
-        record_cpu(tracked, direct, orphan_cpu);
-        tracked.iter().all(Proc::is_gone).then_some(())
-    });
-    if done.is_some() {
-        Vec::new()
-    } else {
-        let stuck: Vec<String> = tracked
-            .iter()
-            .filter(|p| !p.is_gone())
-            .map(|p| p.pid.to_string())
-            .collect();
-        guard.kill_all();
-        vec![format!(
-            "server pid(s) {} did not stop within {EXIT_TIMEOUT:?} of SIGTERM; killed",
-            stuck.join(", ")
-        )]
-    }
-}
-
-/// First address in an addr file, if it is complete.
-fn read_addr(path: &Path) -> Option<SocketAddr> {
-    fs::read_to_string(path)
-        .ok()?
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// The pid in a pid file, if readable.
-fn read_pid(path: &Path) -> Option<i32> {
-    fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-/// One `GET /` that must answer 200, so a broken server fails its row with a clear message
-/// instead of a table full of non-2xx.
-fn check_get(addr: SocketAddr) -> Result<(), String> {
-    let timeout = Duration::from_secs(5);
-    let err = |e: std::io::Error| format!("GET http://{addr}/: {e}");
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(err)?;
-    s.set_read_timeout(Some(timeout)).map_err(err)?;
-    s.set_write_timeout(Some(timeout)).map_err(err)?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .map_err(err)?;
-    let mut buf = Vec::new();
-    s.take(64 * 1024).read_to_end(&mut buf).map_err(err)?;
-    let text = String::from_utf8_lossy(&buf);
-    if text.starts_with("HTTP/1.1 200") {
-        Ok(())
-    } else {
-        Err(format!(
-            "GET http://{addr}/ did not answer 200: {:?}",
-            text.lines().next().unwrap_or("")
-        ))
     }
 }
 

@@ -3,7 +3,7 @@
 use std::{
     ffi::OsString,
     net::SocketAddr,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
 };
@@ -23,6 +23,8 @@ pub struct WrkSpec {
     pub duration: Duration,
     /// Keep-alive or `Connection: close`.
     pub mode: ConnMode,
+    /// `-s`: the timeline script (`timeline.rs`), if the row records a timeline.
+    pub script: Option<PathBuf>,
 }
 
 impl WrkSpec {
@@ -38,10 +40,18 @@ impl WrkSpec {
             self.connections.to_string().into(),
             "-d".into(),
             format!("{secs}s").into(),
+            // A slow answer is measured (latency, the max target), not counted as a timeout
+            // at wrk's default 2 s.
+            "--timeout".into(),
+            "10s".into(),
         ];
         if self.mode == ConnMode::Close {
             args.push("-H".into());
             args.push("Connection: close".into());
+        }
+        if let Some(script) = &self.script {
+            args.push("-s".into());
+            args.push(script.into());
         }
         args.push(format!("http://{}/", self.addr).into());
         args
@@ -277,6 +287,7 @@ Transfer/sec:     10.20MB
             connections: 50,
             duration: Duration::from_millis(4500),
             mode: ConnMode::Close,
+            script: None,
         };
         let args: Vec<String> = spec
             .args()
