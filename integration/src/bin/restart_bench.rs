@@ -65,6 +65,7 @@ mod wrk;
 use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
+    time::Duration,
 };
 
 use cli::{Config, ConnMode, Parsed};
@@ -110,7 +111,9 @@ fn run(cfg: Config) -> Result<bool, String> {
     }
 
     // wrk and the servers inherit this limit; the library itself never touches it.
-    let want = u64::from(cfg.connections.max(cfg.scale_connections)) * 2 + 1024;
+    // Each process holds one end of every connection (wrk the client ends, a server the
+    // others), plus its own files.
+    let want = u64::from(cfg.connections.max(cfg.scale_connections)) + 1024;
     let nofile = procs::raise_nofile(want).map_err(|e| format!("setrlimit(NOFILE): {e}"))?;
     if nofile < want {
         eprintln!("restart_bench: warning: RLIMIT_NOFILE is {nofile}, wanted {want}");
@@ -131,7 +134,7 @@ fn run(cfg: Config) -> Result<bool, String> {
         .iter()
         .map(|s| match s {
             Step::Row(r) => r.duration.as_secs(),
-            Step::Compare(c) => u64::from(c.pairs) * 2 * cfg.slice.as_secs(),
+            Step::Compare(c) => u64::from(c.pairs) * 2 * c.base.duration.as_secs(),
         })
         .sum();
     eprintln!(
@@ -209,6 +212,10 @@ fn run(cfg: Config) -> Result<bool, String> {
     Ok(passed)
 }
 
+/// The slices of the steady-state comparison (hello against plain actix-web), 2.5 times as
+/// many pairs as `--pairs`.
+const STEADY_SLICE: Duration = Duration::from_secs(2);
+
 /// One step of the plan: a row, or an interleaved comparison of two kinds of slices.
 enum Step {
     Row(RowSpec),
@@ -243,16 +250,16 @@ fn plan(cfg: &Config) -> Vec<Step> {
     let row =
         |kind, mode, restarts, run| Step::Row(spec(kind, mode, cfg.connections, restarts, run));
     // Slices of an interleaved comparison: one upgrade per upgrade slice.
-    let compare = |base: Kind, test: Kind, mode, run| {
+    let compare = |base: Kind, test: Kind, mode, run, (pairs, duration): (u32, Duration)| {
         let slice = |kind| RowSpec {
-            duration: cfg.slice,
+            duration,
             ..spec(
                 kind,
                 mode,
                 cfg.connections,
                 // One upgrade per 2 s, the density of the 20 s rows.
                 if kind == Kind::Endless {
-                    (cfg.slice.as_secs() as u32 / 2).max(1)
+                    (duration.as_secs() as u32 / 2).max(1)
                 } else {
                     0
                 },
@@ -262,9 +269,13 @@ fn plan(cfg: &Config) -> Vec<Step> {
         Step::Compare(CompareSpec {
             base: slice(base),
             test: slice(test),
-            pairs: cfg.pairs,
+            pairs,
         })
     };
+    // Upgrade slices must hold several upgrades and each new generation's warm-up; the
+    // steady-state slices have none, so more and shorter slices average the noise better.
+    let upgrade_slices = (cfg.pairs, cfg.slice);
+    let steady_slices = (cfg.pairs * 5 / 2, STEADY_SLICE);
     for &mode in &cfg.modes {
         if only.steady && mode == ConnMode::KeepAlive {
             if only.control {
@@ -272,7 +283,7 @@ fn plan(cfg: &Config) -> Vec<Step> {
             }
             steps.push(row(Kind::Plain, mode, 0, 1));
             if cfg.pairs > 0 {
-                steps.push(compare(Kind::Plain, Kind::Control, mode, 0));
+                steps.push(compare(Kind::Plain, Kind::Control, mode, 0, steady_slices));
             }
         }
         for run in 1..=cfg.runs {
@@ -293,7 +304,13 @@ fn plan(cfg: &Config) -> Vec<Step> {
             let peers = scenario::peers::rows(cfg, mode, run);
             steps.extend(peers.into_iter().map(Step::Row));
             if only.endless && cfg.pairs > 0 {
-                steps.push(compare(Kind::Control, Kind::Endless, mode, run));
+                steps.push(compare(
+                    Kind::Control,
+                    Kind::Endless,
+                    mode,
+                    run,
+                    upgrade_slices,
+                ));
             }
         }
     }
@@ -511,16 +528,16 @@ fn print_report(
     }
     if !comparisons.is_empty() {
         println!(
-            "interleaved comparisons (the throughput targets): {} pairs of {} s slices, a fresh server and \
-             wrk (same flags) per slice, in ABBA order (base-test, test-base, ...) so that the machine's \
-             drift cancels; each endless slice has 1 SIGHUP upgrade ({} s after wrk starts). The targets \
-             check the median of the per-pair ratios (test / base of each pair), which a single slice \
-             hit by a neighbour's burst cannot swing; the ratio of the mean req/s is shown too:",
+            "interleaved comparisons (the throughput targets): {} pairs of {} s slices for the upgrades, \
+             {} pairs of {} s slices for the steady state, a fresh server and wrk (same flags) per \
+             slice, in ABBA order (base-test, test-base, ...) so that the machine's drift cancels; each \
+             endless slice has one SIGHUP upgrade per 2 s, evenly spread. The targets check the median \
+             of the per-pair ratios (test / base of each pair), which a single slice hit by a \
+             neighbour's burst cannot swing; the ratio of the mean req/s is shown too:",
             cfg.pairs,
             cfg.slice.as_secs(),
-            scenario::restart_times(cfg.slice, 1)
-                .first()
-                .map_or(0.0, |d| d.as_secs_f64())
+            cfg.pairs * 5 / 2,
+            STEADY_SLICE.as_secs(),
         );
         for line in report::comparison_lines(comparisons) {
             println!("  {line}");
