@@ -18,7 +18,7 @@ use crate::control::{Serving, Watchers};
 use crate::drain::TRACKER;
 use crate::error::Error;
 use crate::event::{self, Event};
-use crate::hooks::{DrainReason, DrainStart};
+use crate::hooks::DrainReason;
 use crate::listeners::Listener;
 use crate::notify;
 use crate::report::{self, Reporter, SocketFiles};
@@ -512,65 +512,6 @@ impl Control {
         crate::draining::set(true);
         self.levers.stop();
         State::Stopping
-    }
-
-    /// Stops accepting and starts draining: after a hand-over to `successor`, or for a stop.
-    fn start_drain(&mut self, successor: Option<Process>, watchers: Watchers) -> State {
-        let who = self.reporter.who;
-        self.resign();
-        if successor.is_some() {
-            // The new generation answers on the control socket from now on.
-            self.stop_answering();
-        }
-        if successor.is_none() {
-            self.reporter
-                .notify(&["STOPPING=1", "STATUS=stopping: draining connections"]);
-        }
-        TRACKER.set_draining(true);
-        TRACKER.touch();
-        if !self.levers.pause(PAUSE_CONFIRM) {
-            warn!("{who}: the server did not confirm the pause within {PAUSE_CONFIRM:?}");
-        }
-        info!(
-            "{who}: stopped accepting; draining {} connection(s) with {} request(s) in flight (hammer time {})",
-            TRACKER.connections(),
-            TRACKER.in_flight(),
-            self.settings.hammer_time
-        );
-        let cause = if successor.is_some() {
-            DrainReason::Upgrade
-        } else {
-            DrainReason::Stop
-        };
-        let (connections, in_flight) = (TRACKER.connections(), TRACKER.in_flight());
-        self.reporter.drain_start(DrainStart {
-            pid: who.pid,
-            generation: who.generation(),
-            reason: cause,
-            connections,
-            in_flight,
-        });
-        watchers.event(
-            "draining",
-            json!({ "connections": connections, "in_flight": in_flight }),
-        );
-        let now = Instant::now();
-        State::Draining(Drain {
-            since: now,
-            watchers,
-            handed_to: successor,
-            quiet: false,
-            cause,
-            connections_at_start: connections,
-            opened_at_start: TRACKER.opened(),
-            closes_at_start: TRACKER.closes_asked(),
-            served_seen: TRACKER.served(),
-            close_credit: 0.0,
-            crowded_since: None,
-            reported: now,
-            successor,
-            acceptor_paused: false,
-        })
     }
 
     /// The successor died while it was the newest serving generation and this process was

@@ -1,13 +1,17 @@
-//! The drain check of a serving process: measure, ask [`decide::drain`], report, act.
+//! The drain of a serving process: starting it, and the check that measures, asks
+//! [`decide::drain`] and [`decide::close_allowance`], reports and acts.
 
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
+use serde_json::json;
 
-use super::{Control, Drain, State};
+use super::{Control, Drain, State, PAUSE_CONFIRM};
+use crate::child::Process;
+use crate::control::Watchers;
 use crate::decide::{self, Acceptor, DrainVerdict, DrainView};
 use crate::drain::TRACKER;
-use crate::hooks::{DrainEnd, DrainReason};
+use crate::hooks::{DrainEnd, DrainReason, DrainStart};
 use crate::sys;
 
 impl Control {
@@ -115,6 +119,65 @@ impl Control {
             self.tally.ok += 1;
         }
         self.stop_server()
+    }
+
+    /// Stops accepting and starts draining: after a hand-over to `successor`, or for a stop.
+    pub(super) fn start_drain(&mut self, successor: Option<Process>, watchers: Watchers) -> State {
+        let who = self.reporter.who;
+        self.resign();
+        if successor.is_some() {
+            // The new generation answers on the control socket from now on.
+            self.stop_answering();
+        }
+        if successor.is_none() {
+            self.reporter
+                .notify(&["STOPPING=1", "STATUS=stopping: draining connections"]);
+        }
+        TRACKER.set_draining(true);
+        TRACKER.touch();
+        if !self.levers.pause(PAUSE_CONFIRM) {
+            warn!("{who}: the server did not confirm the pause within {PAUSE_CONFIRM:?}");
+        }
+        info!(
+            "{who}: stopped accepting; draining {} connection(s) with {} request(s) in flight (hammer time {})",
+            TRACKER.connections(),
+            TRACKER.in_flight(),
+            self.settings.hammer_time
+        );
+        let cause = if successor.is_some() {
+            DrainReason::Upgrade
+        } else {
+            DrainReason::Stop
+        };
+        let (connections, in_flight) = (TRACKER.connections(), TRACKER.in_flight());
+        self.reporter.drain_start(DrainStart {
+            pid: who.pid,
+            generation: who.generation(),
+            reason: cause,
+            connections,
+            in_flight,
+        });
+        watchers.event(
+            "draining",
+            json!({ "connections": connections, "in_flight": in_flight }),
+        );
+        let now = Instant::now();
+        State::Draining(Drain {
+            since: now,
+            watchers,
+            handed_to: successor,
+            quiet: false,
+            cause,
+            connections_at_start: connections,
+            opened_at_start: TRACKER.opened(),
+            closes_at_start: TRACKER.closes_asked(),
+            served_seen: TRACKER.served(),
+            close_credit: 0.0,
+            crowded_since: None,
+            reported: now,
+            successor,
+            acceptor_paused: false,
+        })
     }
 
     /// Sets how many more keep-alive connections may be asked to close now
