@@ -75,6 +75,25 @@ impl Drop for Serving {
     }
 }
 
+/// A process's control socket, and whether it answers on it now.
+pub(crate) type ControlSlot = Option<(Listener, Option<Serving>)>;
+
+/// Starts answering on the control socket in `slot` (if there is one and nothing answers on
+/// it yet), passing each request to `forward`.
+pub(crate) fn start_answering(
+    slot: &mut ControlSlot,
+    forward: impl Fn(Request) + Send + Sync + 'static,
+) -> io::Result<()> {
+    let Some((listener, serving @ None)) = slot else {
+        return Ok(());
+    };
+    let Ok(Socket::Unix(socket)) = listener.socket.try_clone() else {
+        return Ok(());
+    };
+    *serving = Some(serve(socket, forward)?);
+    Ok(())
+}
+
 /// Serves `listener` on a thread of its own, passing each request to `forward`.
 pub(crate) fn serve(
     listener: UnixListener,

@@ -24,7 +24,7 @@ use serde_json::json;
 
 use crate::child::{self, Executable, News, Process, Role};
 use crate::config::Settings;
-use crate::control::{Serving, Watchers};
+use crate::control::{ControlSlot, Watchers};
 use crate::decide::{self, MIN_BACKOFF};
 use crate::error::{Error, Result};
 use crate::event::{self, Event};
@@ -63,7 +63,7 @@ pub(crate) struct Master {
     /// When the stop began, and when its progress was last reported.
     stopping: Option<(Instant, Instant)>,
     /// The control socket and its accept loop.
-    control: Option<(Listener, Option<Serving>)>,
+    control: ControlSlot,
     /// Control-socket clients waiting for the upgrade in progress, and after a hand-over, for
     /// the old worker's drain: (old worker's pid, new worker, its clients).
     upgrade_watchers: Watchers,

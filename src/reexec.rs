@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::child::{self, Executable, News, ParentPipe, Process, Role};
 use crate::config::Settings;
-use crate::control::{Serving, Watchers};
+use crate::control::{ControlSlot, Watchers};
 use crate::drain::TRACKER;
 use crate::error::Error;
 use crate::event::{self, Event};
@@ -122,7 +122,7 @@ pub(crate) struct Control {
     pub(crate) socket_files: SocketFiles,
     /// The control socket (handed over with the listeners) and its accept loop, while this
     /// process is the one that answers on it.
-    pub(crate) control: Option<(Listener, Option<Serving>)>,
+    pub(crate) control: ControlSlot,
     /// Upgrades asked of this process that took, that failed, and the last failure.
     pub(crate) tally: Tally,
     pub(crate) failure: Option<Error>,

@@ -85,21 +85,14 @@ impl Master {
 
     /// Answers on the control socket, if there is one.
     pub(super) fn answer_control(&mut self) {
-        let Some((listener, serving)) = &mut self.control else {
-            return;
-        };
-        let Ok(crate::listeners::Socket::Unix(socket)) = listener.socket.try_clone() else {
-            return;
-        };
         let tx = self.tx.clone();
-        match control::serve(socket, move |request| {
+        if let Err(e) = control::start_answering(&mut self.control, move |request| {
             let _ = tx.send(Event::Control(request));
         }) {
-            Ok(started) => *serving = Some(started),
-            Err(e) => log::warn!(
+            log::warn!(
                 "{}: cannot answer on the control socket: {e}",
                 self.reporter.who
-            ),
+            );
         }
     }
 }

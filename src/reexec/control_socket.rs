@@ -53,24 +53,14 @@ impl Control {
 
     /// Answers on the control socket (again, after a rollback), if there is one.
     pub(crate) fn answer_control(&mut self) {
-        let Some((listener, serving)) = &mut self.control else {
-            return;
-        };
-        if serving.is_some() {
-            return;
-        }
-        let Ok(crate::listeners::Socket::Unix(socket)) = listener.socket.try_clone() else {
-            return;
-        };
         let tx = self.tx.clone();
-        match control::serve(socket, move |request| {
+        if let Err(e) = control::start_answering(&mut self.control, move |request| {
             let _ = tx.send(Event::Control(request));
         }) {
-            Ok(started) => *serving = Some(started),
-            Err(e) => warn!(
+            warn!(
                 "{}: cannot answer on the control socket: {e}",
                 self.reporter.who
-            ),
+            );
         }
     }
 

@@ -22,9 +22,9 @@ use nix::sys::signal::Signal;
 use crate::{
     procs::{self, poll_until, Guard, Proc},
     scenario::{
-        check_get, read_pid, restart_times, sample, stop_all, track, Restarts, RowData, RowSpec,
-        Runner, EXIT_TIMEOUT, INTERRUPTED, POLL, READY_TIMEOUT, RSS_PERIOD, START_TIMEOUT,
-        WRK_GRACE,
+        check_get, note_unsent, read_pid, restart_times, sample, stop_all, track, Restarts,
+        RowData, RowSpec, Runner, EXIT_TIMEOUT, INTERRUPTED, POLL, READY_TIMEOUT, RSS_PERIOD,
+        START_TIMEOUT, WRK_GRACE,
     },
     timeline,
 };
@@ -192,13 +192,7 @@ impl Runner {
             }
             thread::sleep(POLL);
         }
-        if next < schedule.len() {
-            restarts.problems.push(format!(
-                "{} of {} upgrades not sent before the load ended (earlier upgrades were slow)",
-                schedule.len() - next,
-                schedule.len()
-            ));
-        }
+        note_unsent(next, &schedule, &mut restarts.problems);
 
         let wrk = self.finish_wrk(guard, dir, (wrk_pid, t0), spec.duration)?;
         let (timeline, note) = rec.finish(dir, wrk.requests);

@@ -150,3 +150,14 @@ pub(super) fn check_get(addr: SocketAddr) -> Result<(), String> {
         ))
     }
 }
+
+/// Notes the upgrades of `schedule` from `next` on that were never sent: the load ended first.
+pub(super) fn note_unsent(next: usize, schedule: &[Duration], problems: &mut Vec<String>) {
+    if next < schedule.len() {
+        problems.push(format!(
+            "{} of {} upgrades not sent before the load ended (earlier upgrades were slow)",
+            schedule.len() - next,
+            schedule.len()
+        ));
+    }
+}

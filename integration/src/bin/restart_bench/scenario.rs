@@ -526,13 +526,7 @@ impl Runner {
             }
             thread::sleep(POLL);
         }
-        if next < schedule.len() {
-            restarts.problems.push(format!(
-                "{} of {} upgrades not sent before the load ended (earlier upgrades were slow)",
-                schedule.len() - next,
-                schedule.len()
-            ));
-        }
+        note_unsent(next, &schedule, &mut restarts.problems);
 
         let wrk = self.finish_wrk(guard, dir, (wrk_pid, t0), spec.duration)?;
         let (timeline, note) = rec.finish(dir, wrk.requests);
