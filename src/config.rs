@@ -148,6 +148,8 @@ impl Bind {
 }
 
 /// The configured addresses, each with how to serve it; Unix sockets get `unix_socket_mode`.
+// Without the `rustls` feature `TlsConfig` is `Infallible`, which is `Copy`.
+#[cfg_attr(not(feature = "rustls"), allow(clippy::clone_on_copy))]
 pub(crate) fn resolve(
     binds: Vec<Bind>,
     unix_socket_mode: Option<u32>,

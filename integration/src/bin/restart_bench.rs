@@ -212,9 +212,12 @@ fn run(cfg: Config) -> Result<bool, String> {
     Ok(passed)
 }
 
-/// The slices of the steady-state comparison (hello against plain actix-web), 2.5 times as
-/// many pairs as `--pairs`.
-const STEADY_SLICE: Duration = Duration::from_secs(2);
+/// The slices of the steady-state comparison (hello against plain actix-web, one server per
+/// arm for all its slices), [`STEADY_PAIRS_PER_PAIR`] times as many pairs as `--pairs`.
+const STEADY_SLICE: Duration = Duration::from_secs(1);
+/// Per-pair ratios of the steady state spread 0.8-1.25 on this kind of machine (neighbours),
+/// so its median needs many pairs: 80 pairs of 1 s give it a standard error of about 0.015.
+const STEADY_PAIRS_PER_PAIR: u32 = 10;
 
 /// One step of the plan: a row, or an interleaved comparison of two kinds of slices.
 enum Step {
@@ -275,7 +278,7 @@ fn plan(cfg: &Config) -> Vec<Step> {
     // Upgrade slices must hold several upgrades and each new generation's warm-up; the
     // steady-state slices have none, so more and shorter slices average the noise better.
     let upgrade_slices = (cfg.pairs, cfg.slice);
-    let steady_slices = (cfg.pairs * 5 / 2, STEADY_SLICE);
+    let steady_slices = (cfg.pairs * STEADY_PAIRS_PER_PAIR, STEADY_SLICE);
     for &mode in &cfg.modes {
         if only.steady && mode == ConnMode::KeepAlive {
             if only.control {
@@ -530,13 +533,13 @@ fn print_report(
         println!(
             "interleaved comparisons (the throughput targets): {} pairs of {} s slices for the upgrades, \
              {} pairs of {} s slices for the steady state, a fresh server and wrk (same flags) per \
-             slice, in ABBA order (base-test, test-base, ...) so that the machine's drift cancels; each \
+             upgrade slice, one server per arm for all the steady-state slices, in ABBA order (base-test, test-base, ...) so that the machine's drift cancels; each \
              endless slice has one SIGHUP upgrade per 2 s, evenly spread. The targets check the median \
              of the per-pair ratios (test / base of each pair), which a single slice hit by a \
              neighbour's burst cannot swing; the ratio of the mean req/s is shown too:",
             cfg.pairs,
             cfg.slice.as_secs(),
-            cfg.pairs * 5 / 2,
+            cfg.pairs * STEADY_PAIRS_PER_PAIR,
             STEADY_SLICE.as_secs(),
         );
         for line in report::comparison_lines(comparisons) {

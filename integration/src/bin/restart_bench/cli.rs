@@ -21,7 +21,8 @@ options:
   --scale-restarts N       upgrades during the scale row (default 3)
   --pairs N                interleaved comparisons: N pairs of slices, base and test alternating
                            in ABBA order; each upgrade slice has one SIGHUP per 2 s (default 8;
-                           0: none); the steady-state comparison makes 2.5 x N pairs of 2 s slices
+                           0: none); the steady-state comparison makes 10 x N pairs of 1 s
+                           slices against one server per arm
   --slice SECS             wrk duration of one interleaved slice (default 10: long enough that
                            each new generation's warm-up is inside it, as in the 20 s rows)
   --only LIST              comma-separated subset of: control,endless,master,naive,steady,scale,

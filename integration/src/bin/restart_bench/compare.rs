@@ -2,7 +2,8 @@
 //!
 //! On a shared 2-vCPU machine the throughput of back-to-back 20 s rows drifts by up to 25 %,
 //! far more than the few percent a target compares. A comparison therefore runs `pairs`
-//! pairs of short slices (a fresh server and wrk each), base and test alternating in ABBA
+//! pairs of short slices (a fresh server and wrk each when an arm restarts, otherwise one
+//! server per arm for all its slices: `warm.rs`), base and test alternating in ABBA
 //! order (base-test, test-base, base-test, ...) so that a linear drift cancels. What is left
 //! is heavy-tailed: a neighbour's burst can cost one slice 30 % (it hits base and test slices
 //! alike), so the figure a target checks is the median of the per-pair ratios, as Go's
@@ -84,6 +85,10 @@ impl Comparison {
             base: Vec::new(),
             test: Vec::new(),
         };
+        if spec.base.restarts == 0 && spec.test.restarts == 0 {
+            (cmp.base, cmp.test) = runner.warm_pairs(spec.base, spec.test, spec.pairs, progress);
+            return cmp;
+        }
         for pair in 0..spec.pairs {
             let base_first = pair % 2 == 0;
             for is_base in [base_first, !base_first] {

@@ -46,6 +46,8 @@ mod naive;
 pub mod peers;
 #[path = "sampling.rs"]
 mod sampling;
+#[path = "warm.rs"]
+mod warm;
 use sampling::*;
 
 /// What a row measures.
