@@ -11,6 +11,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::Extensions;
 
 use crate::config::{Bind, HammerTime, ProcessMode, ServerSettings, Settings};
+use crate::drain::AppFactory;
 use crate::drain::{OnConnect, Server};
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -18,7 +19,7 @@ use crate::hooks::{
     DrainEnd, DrainStart, HookStage, Hooks, ServingEvent, SignalEvent, UpgradeEvent,
 };
 use crate::runtime::{self, App};
-use crate::server::{AppFactory, Configure, Gate};
+use crate::server::{Configure, Gate};
 use crate::signals::{Action, Signal};
 
 /// A cheap, cloneable handle that asks the runtime to act, as the signals do.
@@ -326,6 +327,12 @@ where
     /// `.configure(|server| server.server_hostname("example.com"))`. Calls compose in order,
     /// after the builder's own settings ([`workers`](Self::workers) and the like), so a
     /// setting made here wins.
+    ///
+    /// The `HttpServer` serves the plain TCP and Unix listeners. TLS listeners
+    /// (`bind_rustls`) are served by the runtime's own actix server, which writes the HTTP/2
+    /// GOAWAY of a drain into the decrypted stream; it takes the builder's settings
+    /// (`workers`, `keep_alive`, the client timeouts, `max_connections`,
+    /// `max_connection_rate`) but not what is set here.
     ///
     /// Some of `HttpServer` belongs to the runtime:
     ///

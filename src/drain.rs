@@ -11,6 +11,7 @@
 //! counts open connections (a guard in the connection's extensions) and requests whose response
 //! body has not been sent yet (a guard inside the body), in one process-wide tracker.
 
+use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -24,6 +25,32 @@ use actix_web::dev::{AppConfig, Extensions, Response, Service, ServiceFactory};
 use actix_web::http::ConnectionType;
 use actix_web::web::Bytes;
 use actix_web::HttpServer;
+
+/// An application's service factory, as `HttpServer::new` accepts it: what an actix-web `App`
+/// is. Implemented for every type that qualifies; it only names the bounds once.
+pub trait AppFactory<B>:
+    ServiceFactory<
+        actix_http::Request,
+        Config = AppConfig,
+        Error: Into<actix_web::Error> + 'static,
+        InitError: fmt::Debug,
+        Response: Into<Response<B>> + 'static,
+        Service: Service<actix_http::Request, Future: 'static> + 'static,
+    > + 'static
+{
+}
+
+impl<S, B> AppFactory<B> for S where
+    S: ServiceFactory<
+            actix_http::Request,
+            Config = AppConfig,
+            Error: Into<actix_web::Error> + 'static,
+            InitError: fmt::Debug,
+            Response: Into<Response<B>> + 'static,
+            Service: Service<actix_http::Request, Future: 'static> + 'static,
+        > + 'static
+{
+}
 
 /// The one tracker of this process (the runtime owns process-wide signals, so there is one).
 pub(crate) static TRACKER: Tracker = Tracker::new();

@@ -4,6 +4,7 @@
 
 use std::future::{ready, Future, Ready};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 
@@ -25,6 +26,19 @@ struct State {
     waiting: Vec<(u64, Waker)>,
 }
 
+/// Serializes the unit tests that set this process's drain state.
+#[cfg(test)]
+pub(crate) static TEST_LOCK: Mutex<()> = Mutex::new(());
+
+/// [`State::draining`], for checks on every write that must not take the lock.
+static DRAINING: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process drains now (lock-free; see [`Draining`] to wait for it).
+#[cfg(feature = "rustls")]
+pub(crate) fn now() -> bool {
+    DRAINING.load(Ordering::Relaxed)
+}
+
 fn state() -> std::sync::MutexGuard<'static, State> {
     STATE.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -35,6 +49,7 @@ pub(crate) fn set(draining: bool) {
     let waiting = {
         let mut state = state();
         state.draining = draining;
+        DRAINING.store(draining, Ordering::SeqCst);
         if draining {
             std::mem::take(&mut state.waiting)
         } else {
@@ -137,6 +152,7 @@ mod tests {
 
     #[test]
     fn resolves_on_drain_wakes_waiters_and_forgets_dropped_ones() {
+        let _lock = TEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);

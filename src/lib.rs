@@ -126,9 +126,12 @@
 //!   before a commit window ends.
 //! - Long-lived responses (WebSockets, server-sent events) end at a drain only if their
 //!   handlers await [`Draining`]; otherwise they keep the old generation until hammer time.
-//! - HTTP/2 connections are drained like HTTP/1 ones, but `Connection: close` means nothing to
-//!   them and actix-http 3.20.0 (the newest published) sends no GOAWAY on a graceful stop:
-//!   they close when idle or at hammer time, and streams still open then fail.
+//! - HTTP/2 (TLS with ALPN `h2`) gets a GOAWAY from the runtime when a drain begins, since
+//!   actix-http 3.20 sends none; clients that ignore it keep their connection busy until
+//!   hammer time. TLS listeners are served by the runtime's own actix server, not
+//!   `HttpServer` (which cannot wrap the decrypted stream): [`Endless::configure`] tunes only
+//!   the plain TCP and Unix listeners, and a process with both kinds runs a set of worker
+//!   threads for each. Settings made on the builder apply to both.
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -143,6 +146,8 @@ mod drain;
 mod draining;
 mod error;
 mod event;
+#[cfg(feature = "rustls")]
+mod goaway;
 mod hooks;
 mod listeners;
 mod master;
@@ -154,16 +159,18 @@ mod runtime;
 mod server;
 mod signals;
 mod sys;
+#[cfg(feature = "rustls")]
+mod tls;
 
 pub use builder::{Endless, Handle, SetupFactory};
 pub use config::{HammerTime, ProcessMode};
+pub use drain::AppFactory;
 pub use draining::{draining, Draining};
 pub use error::{Error, Result};
 pub use hooks::{
     DrainEnd, DrainReason, DrainStart, HookStage, ServingEvent, SignalEvent, UpgradeEvent,
 };
 pub use runtime::{generation, setup_failed};
-pub use server::AppFactory;
 pub use signals::Signal;
 
 /// Types that appear in public signatures but are rarely named by users, like actix-web's

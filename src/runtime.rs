@@ -16,6 +16,7 @@ use log::{error, info, warn};
 use crate::child::{Executable, ParentPipe};
 use crate::config::{resolve, Bind, ProcessMode, ServerSettings, Settings};
 use crate::control;
+use crate::drain::AppFactory;
 use crate::drain::{self, Factory, OnConnect, TRACKER};
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -26,7 +27,7 @@ use crate::notify::Notifier;
 use crate::pidfile;
 use crate::reexec::{Control, Outcome};
 use crate::report::{Reporter, Role, SocketFiles, Who};
-use crate::server::{self, AppFactory, Configure, Gate, Levers, NotifyFirstPoll};
+use crate::server::{self, Configure, Gate, NotifyFirstPoll};
 use crate::signals;
 use crate::sys::{self, LocalAddr};
 
@@ -469,6 +470,7 @@ where
     drain::register_factory(factory);
     TRACKER.set_draining(false);
     let built = server::build(&server_settings, configure, on_connect, &listeners)?;
+    let levers = built.levers();
     let reporter = Reporter::new(who, hooks, notifier, settings.pid_file.clone());
     let serving_tx = tx.clone();
     let stopped_tx = tx.clone();
@@ -488,7 +490,7 @@ where
         listeners,
         acceptor_fds: built.acceptor_fds,
         acceptor_epolls: Vec::new(),
-        levers: Levers(built.server.handle()),
+        levers,
         control: control.map(|socket| (socket, None)),
         tally: Default::default(),
         failure: None,
@@ -497,7 +499,7 @@ where
         .name("actix-endless-control".into())
         .spawn(move || control.run(rx))
         .map_err(Error::io("starting the control thread"))?;
-    let result = NotifyFirstPoll::new(built.server, move || {
+    let result = NotifyFirstPoll::new(built.servers, move || {
         let _ = serving_tx.send(Event::Serving);
     })
     .await;

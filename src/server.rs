@@ -2,7 +2,6 @@
 //! runtime's drain wrapper and listeners, observed until its first poll, and commanded
 //! (pause, resume, stop) from the control thread.
 
-use std::fmt;
 use std::future::Future;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
@@ -10,39 +9,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
-use actix_web::dev::{AppConfig, Response, ServerHandle, Service, ServiceFactory};
+use actix_web::dev::ServerHandle;
 use actix_web::HttpServer;
 
 use crate::config::ServerSettings;
-use crate::drain::{self, DrainApp, OnConnect};
+use crate::drain::{self, AppFactory, DrainApp, OnConnect};
 use crate::error::{Error, Result};
 use crate::listeners::{Listener, Socket};
-
-/// An application's service factory, as `HttpServer::new` accepts it: what an actix-web `App`
-/// is. Implemented for every type that qualifies; it only names the bounds once.
-pub trait AppFactory<B>:
-    ServiceFactory<
-        actix_http::Request,
-        Config = AppConfig,
-        Error: Into<actix_web::Error> + 'static,
-        InitError: fmt::Debug,
-        Response: Into<Response<B>> + 'static,
-        Service: Service<actix_http::Request, Future: 'static> + 'static,
-    > + 'static
-{
-}
-
-impl<S, B> AppFactory<B> for S where
-    S: ServiceFactory<
-            actix_http::Request,
-            Config = AppConfig,
-            Error: Into<actix_web::Error> + 'static,
-            InitError: fmt::Debug,
-            Response: Into<Response<B>> + 'static,
-            Service: Service<actix_http::Request, Future: 'static> + 'static,
-        > + 'static
-{
-}
 
 /// What [`crate::Endless::ready_when`] stores: an async check that must pass before the
 /// server accepts its first connection.
@@ -51,10 +24,54 @@ pub(crate) type Gate = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<()
 /// What [`crate::Endless::configure`] stores: one step applied to the inner `HttpServer`.
 pub(crate) type Configure<S, B> = Box<dyn FnOnce(drain::Server<S, B>) -> drain::Server<S, B>>;
 
-/// A running server, before its first poll, and the descriptors of its acceptor's sockets.
+/// The running servers (the `HttpServer` of the plain TCP and Unix listeners, the server of
+/// the TLS listeners: [`crate::tls`]), before their first poll, and the descriptors of their
+/// acceptors' sockets.
 pub(crate) struct Built {
-    pub(crate) server: actix_web::dev::Server,
+    pub(crate) servers: Servers,
     pub(crate) acceptor_fds: Vec<RawFd>,
+}
+
+impl Built {
+    /// The control thread's levers on every server.
+    pub(crate) fn levers(&self) -> Levers {
+        Levers(
+            self.servers
+                .running
+                .iter()
+                .flatten()
+                .map(|s| s.handle())
+                .collect(),
+        )
+    }
+}
+
+/// Runs until every server has stopped; then the first error, if any.
+pub(crate) struct Servers {
+    running: Vec<Option<actix_web::dev::Server>>,
+    failed: Option<std::io::Error>,
+}
+
+impl Future for Servers {
+    type Output = std::io::Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        for slot in &mut this.running {
+            if let Some(server) = slot {
+                if let Poll::Ready(done) = Pin::new(server).poll(cx) {
+                    *slot = None;
+                    if let Err(e) = done {
+                        this.failed.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        if this.running.iter().any(Option::is_some) {
+            return Poll::Pending;
+        }
+        Poll::Ready(this.failed.take().map_or(Ok(()), Err))
+    }
 }
 
 /// Builds and starts (but does not poll) the server for the registered application on
@@ -105,47 +122,66 @@ or Endless::bind_rustls instead",
             ),
         });
     }
+    let on_connect = on_connect.map(std::sync::Arc::new);
+    let user = on_connect.clone();
     server = server
-        .on_connect(move |io, ext| drain::on_connect(on_connect.as_ref(), io, ext))
+        .on_connect(move |io, ext| drain::on_connect(user.as_deref(), io, ext))
         .disable_signals();
     let mut acceptor_fds = Vec::with_capacity(listeners.len());
+    let mut plain = 0;
+    #[cfg(feature = "rustls")]
+    let mut tls = Vec::new();
     for listener in listeners {
-        let fd;
-        (server, fd) = listen(server, listener).map_err(|source| Error::Bind {
+        let bind_error = |source| Error::Bind {
             addr: listener.socket.to_string(),
             source,
-        })?;
-        acceptor_fds.push(fd);
+        };
+        let socket = listener.socket.try_clone().map_err(bind_error)?;
+        acceptor_fds.push(socket.fd().as_raw_fd());
+        match (socket, &listener.tls) {
+            #[cfg(feature = "rustls")]
+            (Socket::Tcp(l), Some(config)) => tls.push((l, config.clone())),
+            (socket, _) => {
+                server = listen(server, socket).map_err(bind_error)?;
+                plain += 1;
+            }
+        }
+    }
+    let mut running = Vec::new();
+    if plain > 0 {
+        running.push(Some(server.run()));
+    }
+    #[cfg(feature = "rustls")]
+    if !tls.is_empty() {
+        let addrs: Vec<String> = tls
+            .iter()
+            .filter_map(|(l, _)| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .collect();
+        let server =
+            crate::tls::build::<S, B>(settings, on_connect, tls).map_err(|source| Error::Bind {
+                addr: addrs.join(", "),
+                source,
+            })?;
+        running.push(Some(server));
     }
     Ok(Built {
-        server: server.run(),
+        servers: Servers {
+            running,
+            failed: None,
+        },
         acceptor_fds,
     })
 }
 
-/// Hands one of our listening sockets to the server, keeping our own copy for the next
-/// hand-over. Returns the descriptor the server got.
-fn listen<S, B>(
-    server: drain::Server<S, B>,
-    listener: &Listener,
-) -> std::io::Result<(drain::Server<S, B>, RawFd)>
+/// Hands a copy of one of our plain (TCP or Unix) listening sockets to the `HttpServer`; our
+/// own copy stays for the next hand-over.
+fn listen<S, B>(server: drain::Server<S, B>, socket: Socket) -> std::io::Result<drain::Server<S, B>>
 where
     S: AppFactory<B>,
     B: MessageBody + 'static,
 {
-    let socket = listener.socket.try_clone()?;
-    let fd = socket.fd().as_raw_fd();
-    let server = match socket {
-        #[cfg(feature = "rustls")]
-        Socket::Tcp(l) if listener.tls.is_some() => {
-            l.set_nonblocking(true)?;
-            let config = listener
-                .tls
-                .as_deref()
-                .cloned()
-                .expect("checked by the guard");
-            server.listen_rustls_0_23(l, config)
-        }
+    match socket {
         Socket::Tcp(l) => {
             l.set_nonblocking(true)?;
             server.listen(l)
@@ -154,8 +190,7 @@ where
             l.set_nonblocking(true)?;
             server.listen_uds(l)
         }
-    }?;
-    Ok((server, fd))
+    }
 }
 
 /// Polls the server and calls `first` after its first poll, which is when actix starts the
@@ -188,25 +223,35 @@ impl<Fut: Future + Unpin, F: FnOnce() + Unpin> Future for NotifyFirstPoll<Fut, F
     }
 }
 
-/// The control thread's levers on the server.
-pub(crate) struct Levers(pub(crate) ServerHandle);
+/// The control thread's levers on the servers.
+pub(crate) struct Levers(Vec<ServerHandle>);
 
 impl Levers {
-    /// Stops accepting; returns whether the server confirmed within `timeout`.
+    /// Stops accepting; returns whether every server confirmed within `timeout`.
     pub(crate) fn pause(&self, timeout: Duration) -> bool {
-        block_on_for(self.0.pause(), timeout)
+        let deadline = Instant::now() + timeout;
+        let pauses: Vec<_> = self.0.iter().map(ServerHandle::pause).collect();
+        let mut confirmed = true;
+        for pause in pauses {
+            confirmed &= block_on_for(pause, deadline.saturating_duration_since(Instant::now()));
+        }
+        confirmed
     }
 
     /// Accepts again. `ServerHandle` sends when the method is called; the future it returns
     /// only awaits the confirmation, which the control loop does not need (it observes the
-    /// effect through the connection counts and the server's end).
+    /// effect through the connection counts and the servers' end).
     pub(crate) fn resume(&self) {
-        drop(self.0.resume());
+        for handle in &self.0 {
+            drop(handle.resume());
+        }
     }
 
-    /// Stops the server, closing every connection still open.
+    /// Stops the servers, closing every connection still open.
     pub(crate) fn stop(&self) {
-        drop(self.0.stop(false));
+        for handle in &self.0 {
+            drop(handle.stop(false));
+        }
     }
 }
 
