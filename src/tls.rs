@@ -122,6 +122,9 @@ where
                 .1
                 .alpn_protocol()
                 .is_some_and(|proto| proto == b"h2");
+            // HTTP/2 writes a response as small frames in separate TLS records: without
+            // TCP_NODELAY the second waits for the client's delayed ACK (40 ms).
+            let _ = io.get_ref().0.set_nodelay(true);
             let peer = io.get_ref().0.peer_addr().ok();
             let protocol = if http2 {
                 Protocol::Http2

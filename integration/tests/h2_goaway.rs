@@ -7,7 +7,9 @@
 //! The client is the `h2` crate (what hyper uses) over `tokio-rustls`, as a real h2 client
 //! behaves: a request it could not send because the connection is going away is sent on a new
 //! connection (never counted), and every request it did send must get a complete 200 response.
-//! Connect and handshake errors count as failures too.
+//! Connect and handshake errors count as failures too. (h2load is not used here: it honours a
+//! GOAWAY but neither reconnects nor retries the requests it had queued when the GOAWAY
+//! arrived, which nghttp2 then refuses to send and h2load counts as failed; see README.)
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
