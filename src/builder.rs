@@ -18,6 +18,7 @@ use crate::event::Event;
 use crate::hooks::{
     DrainEnd, DrainStart, HookStage, Hooks, ServingEvent, SignalEvent, UpgradeEvent,
 };
+use crate::listeners::Serve;
 use crate::runtime::{self, App};
 use crate::server::{Configure, Gate};
 use crate::signals::{Action, Signal};
@@ -144,7 +145,19 @@ where
     /// ([`run`](Self::run)), which reports bind errors naming the address; in a new generation
     /// it is the socket inherited for that address, never a new one.
     pub fn bind(mut self, addr: impl ToSocketAddrs) -> std::io::Result<Self> {
-        self.binds.push(Bind::tcp(addr, None)?);
+        self.binds.push(Bind::tcp(addr, Serve::Http1)?);
+        Ok(self)
+    }
+
+    /// Serves HTTP/1.x and HTTP/2 with prior knowledge (h2c) on a TCP address (requires the
+    /// `http2` feature), as `HttpServer::bind_auto_h2c` does; the address is resolved as by
+    /// [`bind`](Self::bind). A drain sends each h2c connection a GOAWAY, as for HTTP/2 over
+    /// TLS. Served by the runtime's own actix server, like `bind_rustls` (see
+    /// [`configure`](Self::configure)).
+    #[cfg(feature = "http2")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http2")))]
+    pub fn bind_auto_h2c(mut self, addr: impl ToSocketAddrs) -> std::io::Result<Self> {
+        self.binds.push(Bind::tcp(addr, Serve::AutoH2c)?);
         Ok(self)
     }
 
@@ -161,7 +174,7 @@ where
         config: rustls::ServerConfig,
     ) -> std::io::Result<Self> {
         self.binds
-            .push(Bind::tcp(addr, Some(std::sync::Arc::new(config)))?);
+            .push(Bind::tcp(addr, Serve::Tls(std::sync::Arc::new(config)))?);
         Ok(self)
     }
 
@@ -328,11 +341,11 @@ where
     /// after the builder's own settings ([`workers`](Self::workers) and the like), so a
     /// setting made here wins.
     ///
-    /// The `HttpServer` serves the plain TCP and Unix listeners. TLS listeners
-    /// (`bind_rustls`) are served by the runtime's own actix server, which writes the HTTP/2
-    /// GOAWAY of a drain into the decrypted stream; it takes the builder's settings
-    /// (`workers`, `keep_alive`, the client timeouts, `max_connections`,
-    /// `max_connection_rate`) but not what is set here.
+    /// The `HttpServer` serves the [`bind`](Self::bind) and [`bind_uds`](Self::bind_uds)
+    /// listeners. TLS and h2c listeners (`bind_rustls`, `bind_auto_h2c`) are served by the
+    /// runtime's own actix server, which writes the HTTP/2 GOAWAY of a drain into each
+    /// connection's stream; it takes the builder's settings (`workers`, `keep_alive`, the
+    /// client timeouts, `max_connections`, `max_connection_rate`) but not what is set here.
     ///
     /// Some of `HttpServer` belongs to the runtime:
     ///

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::listeners::{BindAddr, TlsConfig, Unclaimed};
+use crate::listeners::{BindAddr, Serve, Unclaimed};
 
 /// How long a graceful drain may last before the remaining connections are closed by force.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,13 +118,13 @@ impl Settings {
 /// One configured address: what it resolved to, and how to serve it.
 pub(crate) struct Bind {
     resolved: Vec<BindAddr>,
-    tls: Option<TlsConfig>,
+    serve: Serve,
 }
 
 impl Bind {
     /// A TCP address, resolved now, as `HttpServer::bind` does. An address that cannot be
     /// resolved or resolves to nothing is an error.
-    pub(crate) fn tcp(addr: impl ToSocketAddrs, tls: Option<TlsConfig>) -> std::io::Result<Bind> {
+    pub(crate) fn tcp(addr: impl ToSocketAddrs, serve: Serve) -> std::io::Result<Bind> {
         let resolved: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
         if resolved.is_empty() {
             return Err(std::io::Error::new(
@@ -134,7 +134,7 @@ impl Bind {
         }
         Ok(Bind {
             resolved: resolved.into_iter().map(BindAddr::Tcp).collect(),
-            tls,
+            serve,
         })
     }
 
@@ -142,20 +142,15 @@ impl Bind {
     pub(crate) fn unix(path: PathBuf) -> Bind {
         Bind {
             resolved: vec![BindAddr::Unix { path, mode: None }],
-            tls: None,
+            serve: Serve::Http1,
         }
     }
 }
 
 /// The configured addresses, each with how to serve it; Unix sockets get `unix_socket_mode`.
-// Without the `rustls` feature `TlsConfig` is `Infallible`, which is `Copy`.
-#[cfg_attr(not(feature = "rustls"), allow(clippy::clone_on_copy))]
-pub(crate) fn resolve(
-    binds: Vec<Bind>,
-    unix_socket_mode: Option<u32>,
-) -> Vec<(BindAddr, Option<TlsConfig>)> {
+pub(crate) fn resolve(binds: Vec<Bind>, unix_socket_mode: Option<u32>) -> Vec<(BindAddr, Serve)> {
     let mut addrs = Vec::new();
-    for Bind { resolved, tls } in binds {
+    for Bind { resolved, serve } in binds {
         addrs.extend(resolved.into_iter().map(|addr| {
             let addr = match addr {
                 BindAddr::Unix { path, .. } => BindAddr::Unix {
@@ -164,7 +159,7 @@ pub(crate) fn resolve(
                 },
                 tcp => tcp,
             };
-            (addr, tls.clone())
+            (addr, serve.clone())
         }));
     }
     addrs

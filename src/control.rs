@@ -62,7 +62,7 @@ pub(crate) fn take_or_bind(inherited: &mut Vec<Listener>, path: &Path) -> Result
     Ok(Listener {
         name: FD_NAME.to_owned(),
         socket: Socket::Unix(socket),
-        tls: None,
+        serve: crate::listeners::Serve::default(),
     })
 }
 

@@ -34,7 +34,7 @@ pub(crate) static TEST_LOCK: Mutex<()> = Mutex::new(());
 static DRAINING: AtomicBool = AtomicBool::new(false);
 
 /// Whether this process drains now (lock-free; see [`Draining`] to wait for it).
-#[cfg(feature = "rustls")]
+#[cfg(any(feature = "rustls", feature = "http2"))]
 pub(crate) fn now() -> bool {
     DRAINING.load(Ordering::Relaxed)
 }

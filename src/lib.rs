@@ -126,12 +126,12 @@
 //!   before a commit window ends.
 //! - Long-lived responses (WebSockets, server-sent events) end at a drain only if their
 //!   handlers await [`Draining`]; otherwise they keep the old generation until hammer time.
-//! - HTTP/2 (TLS with ALPN `h2`) gets a GOAWAY from the runtime when a drain begins, since
-//!   actix-http 3.20 sends none; clients that ignore it keep their connection busy until
-//!   hammer time. TLS listeners are served by the runtime's own actix server, not
-//!   `HttpServer` (which cannot wrap the decrypted stream): [`Endless::configure`] tunes only
-//!   the plain TCP and Unix listeners, and a process with both kinds runs a set of worker
-//!   threads for each. Settings made on the builder apply to both.
+//! - HTTP/2 (TLS with ALPN `h2`, or h2c) gets a GOAWAY from the runtime when a drain begins,
+//!   since actix-http 3.20 sends none; clients that ignore it keep their connection busy
+//!   until hammer time. TLS and h2c listeners are served by the runtime's own actix server,
+//!   not `HttpServer` (which cannot wrap a connection's stream): [`Endless::configure`] tunes
+//!   only the `bind` and `bind_uds` listeners, and a process with both kinds runs a set of
+//!   worker threads for each. Settings made on the builder apply to both.
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -146,12 +146,14 @@ mod drain;
 mod draining;
 mod error;
 mod event;
-#[cfg(feature = "rustls")]
+#[cfg(any(feature = "rustls", feature = "http2"))]
 mod goaway;
 mod hooks;
 mod listeners;
 mod master;
 mod notify;
+#[cfg(any(feature = "rustls", feature = "http2"))]
+mod own_server;
 mod pidfile;
 mod reexec;
 mod report;
@@ -159,8 +161,6 @@ mod runtime;
 mod server;
 mod signals;
 mod sys;
-#[cfg(feature = "rustls")]
-mod tls;
 
 pub use builder::{Endless, Handle, SetupFactory};
 pub use config::{HammerTime, ProcessMode};

@@ -286,17 +286,27 @@ impl fmt::Display for Socket {
 /// The TLS configuration a TCP listener is served with.
 #[cfg(feature = "rustls")]
 pub(crate) type TlsConfig = std::sync::Arc<rustls::ServerConfig>;
-/// Without the `rustls` feature there is no TLS configuration.
-#[cfg(not(feature = "rustls"))]
-pub(crate) type TlsConfig = std::convert::Infallible;
+
+/// How a listening socket is served.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum Serve {
+    /// HTTP/1.x, by actix-web's `HttpServer` (`Endless::bind`, `bind_uds`).
+    #[default]
+    Http1,
+    /// HTTP/1.x, and HTTP/2 with prior knowledge (h2c): `Endless::bind_auto_h2c`.
+    #[cfg(feature = "http2")]
+    AutoH2c,
+    /// HTTPS: HTTP/1.1, and HTTP/2 by ALPN with the `http2` feature (`Endless::bind_rustls`).
+    #[cfg(feature = "rustls")]
+    Tls(TlsConfig),
+}
 
 /// A named listening socket, and how it is served.
 #[derive(Debug)]
 pub(crate) struct Listener {
     pub(crate) name: String,
     pub(crate) socket: Socket,
-    /// Served with TLS when set (TCP only).
-    pub(crate) tls: Option<TlsConfig>,
+    pub(crate) serve: Serve,
 }
 
 /// What a process adopted from its parent (or from systemd).
@@ -354,7 +364,7 @@ pub(crate) fn adopt(plan: InheritPlan) -> Result<Inherited> {
         listeners.push(Listener {
             name,
             socket,
-            tls: None,
+            serve: Serve::default(),
         });
     }
     let ready = match ready {
@@ -469,7 +479,7 @@ pub(crate) fn assemble(
         listeners.push(Listener {
             name,
             socket,
-            tls: None,
+            serve: Serve::default(),
         });
     }
     let leftover = pool.into_iter().flatten();

@@ -358,7 +358,7 @@ will not serve"
     }
     let exe = Executable::resolve(settings.executable.as_deref())
         .map_err(Error::io("resolving the executable for upgrades"))?;
-    let (addrs, tls): (Vec<_>, Vec<_>) = resolve(binds, settings.unix_socket_mode)
+    let (addrs, serves): (Vec<_>, Vec<_>) = resolve(binds, settings.unix_socket_mode)
         .into_iter()
         .unzip();
     if !inherited.listeners.is_empty() {
@@ -383,8 +383,8 @@ will not serve"
             },
             (e, _) => e,
         })?;
-    for (listener, tls) in listeners.iter_mut().zip(tls) {
-        listener.tls = tls;
+    for (listener, serve) in listeners.iter_mut().zip(serves) {
+        listener.serve = serve;
     }
     if listeners.is_empty() {
         return Err(Error::NothingToListenOn);

@@ -15,6 +15,8 @@ use actix_web::HttpServer;
 use crate::config::ServerSettings;
 use crate::drain::{self, AppFactory, DrainApp, OnConnect};
 use crate::error::{Error, Result};
+#[cfg(any(feature = "rustls", feature = "http2"))]
+use crate::listeners::Serve;
 use crate::listeners::{Listener, Socket};
 
 /// What [`crate::Endless::ready_when`] stores: an async check that must pass before the
@@ -24,9 +26,9 @@ pub(crate) type Gate = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<()
 /// What [`crate::Endless::configure`] stores: one step applied to the inner `HttpServer`.
 pub(crate) type Configure<S, B> = Box<dyn FnOnce(drain::Server<S, B>) -> drain::Server<S, B>>;
 
-/// The running servers (the `HttpServer` of the plain TCP and Unix listeners, the server of
-/// the TLS listeners: [`crate::tls`]), before their first poll, and the descriptors of their
-/// acceptors' sockets.
+/// The running servers (the `HttpServer` of the HTTP/1 TCP and Unix listeners, the runtime's
+/// own server of the TLS and h2c listeners: `own_server.rs`), before their first poll, and the
+/// descriptors of their acceptors' sockets.
 pub(crate) struct Built {
     pub(crate) servers: Servers,
     pub(crate) acceptor_fds: Vec<RawFd>,
@@ -129,8 +131,9 @@ or Endless::bind_rustls instead",
         .disable_signals();
     let mut acceptor_fds = Vec::with_capacity(listeners.len());
     let mut plain = 0;
-    #[cfg(feature = "rustls")]
-    let mut tls = Vec::new();
+    // TLS and h2c listeners: the runtime's own server (`own_server.rs`).
+    #[cfg(any(feature = "rustls", feature = "http2"))]
+    let mut own = Vec::new();
     for listener in listeners {
         let bind_error = |source| Error::Bind {
             addr: listener.socket.to_string(),
@@ -138,9 +141,11 @@ or Endless::bind_rustls instead",
         };
         let socket = listener.socket.try_clone().map_err(bind_error)?;
         acceptor_fds.push(socket.fd().as_raw_fd());
-        match (socket, &listener.tls) {
+        match (socket, &listener.serve) {
             #[cfg(feature = "rustls")]
-            (Socket::Tcp(l), Some(config)) => tls.push((l, config.clone())),
+            (Socket::Tcp(l), serve @ Serve::Tls(_)) => own.push((l, serve.clone())),
+            #[cfg(feature = "http2")]
+            (Socket::Tcp(l), Serve::AutoH2c) => own.push((l, Serve::AutoH2c)),
             (socket, _) => {
                 server = listen(server, socket).map_err(bind_error)?;
                 plain += 1;
@@ -151,17 +156,19 @@ or Endless::bind_rustls instead",
     if plain > 0 {
         running.push(Some(server.run()));
     }
-    #[cfg(feature = "rustls")]
-    if !tls.is_empty() {
-        let addrs: Vec<String> = tls
+    #[cfg(any(feature = "rustls", feature = "http2"))]
+    if !own.is_empty() {
+        let addrs: Vec<String> = own
             .iter()
             .filter_map(|(l, _)| l.local_addr().ok())
             .map(|a| a.to_string())
             .collect();
         let server =
-            crate::tls::build::<S, B>(settings, on_connect, tls).map_err(|source| Error::Bind {
-                addr: addrs.join(", "),
-                source,
+            crate::own_server::build::<S, B>(settings, on_connect, own).map_err(|source| {
+                Error::Bind {
+                    addr: addrs.join(", "),
+                    source,
+                }
             })?;
         running.push(Some(server));
     }

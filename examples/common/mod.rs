@@ -28,7 +28,8 @@ connection now, USR1/TSTP run the hooks only.";
 /// The demo's command line: the options every example has.
 #[derive(Debug, Clone, Args)]
 pub struct Options {
-    /// Where to serve: HOST:PORT for TCP, unix:PATH for a Unix socket. Repeat the flag (or
+    /// Where to serve: HOST:PORT for TCP, h2c:HOST:PORT for TCP with HTTP/2 without TLS too
+    /// (prior knowledge; feature `http2`), unix:PATH for a Unix socket. Repeat the flag (or
     /// separate with commas) for several addresses.
     #[arg(
         long = "bind",
@@ -286,9 +287,10 @@ where
     B: actix_web::body::MessageBody + 'static,
 {
     for bind in &options.binds {
-        let bound = match bind.strip_prefix("unix:") {
-            Some(path) => endless.bind_uds(path),
-            None => endless.bind(bind.as_str()),
+        let bound = match (bind.strip_prefix("unix:"), bind.strip_prefix("h2c:")) {
+            (Some(path), _) => endless.bind_uds(path),
+            (_, Some(addr)) => bind_h2c(endless, addr),
+            _ => endless.bind(bind.as_str()),
         };
         endless = bound.map_err(|e| {
             let e = std::io::Error::new(e.kind(), format!("cannot listen on {bind}: {e}"));
@@ -297,6 +299,30 @@ where
         })?;
     }
     Ok(endless)
+}
+
+/// `--bind h2c:ADDR`: HTTP/1.1 and HTTP/2 with prior knowledge on ADDR (an error without the
+/// `http2` feature).
+fn bind_h2c<F, I, S, B>(
+    endless: actix_endless::Endless<F, I, S, B>,
+    addr: &str,
+) -> std::io::Result<actix_endless::Endless<F, I, S, B>>
+where
+    F: Fn() -> I + Send + 'static,
+    I: actix_service::IntoServiceFactory<S, actix_http::Request>,
+    S: actix_endless::AppFactory<B>,
+    B: actix_web::body::MessageBody + 'static,
+{
+    #[cfg(feature = "http2")]
+    return endless.bind_auto_h2c(addr);
+    #[cfg(not(feature = "http2"))]
+    {
+        drop(endless);
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("h2c:{addr} needs the http2 feature (cargo run --features http2 ...)"),
+        ))
+    }
 }
 
 /// Applies the common options (all but the addresses) and logs `hook: pre|post SIGNAME` for every handled signal.

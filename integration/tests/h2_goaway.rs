@@ -1,4 +1,5 @@
-//! HTTP/2 across upgrades: `hello_tls` negotiates `h2` (ALPN), and a draining generation sends
+//! HTTP/2 across upgrades: `hello_tls` negotiates `h2` (ALPN), `hello` serves h2c on a
+//! `--bind h2c:ADDR` listener, and a draining generation sends
 //! each of its h2 connections a GOAWAY, so that clients finish the streams they opened, open
 //! no new one there, and reconnect to the new generation. Without the GOAWAY a busy h2
 //! connection never becomes idle: the old generation would keep it until hammer time (60 s
@@ -84,13 +85,46 @@ impl Cert {
     }
 }
 
-/// Starts `hello_tls` with a fresh certificate; returns it and the client configuration.
-fn start() -> (Server, Arc<ClientConfig>) {
+/// How the client reaches the server.
+#[derive(Clone)]
+enum Transport {
+    /// TLS with ALPN `h2`, trusting the test certificate.
+    Tls(Arc<ClientConfig>),
+    /// h2c: HTTP/2 with prior knowledge on plain TCP.
+    H2c,
+}
+
+impl Transport {
+    /// The URI of the requests (the server answers any path the same).
+    fn uri(&self) -> &'static str {
+        match self {
+            Transport::Tls(_) => "https://localhost/",
+            Transport::H2c => "http://localhost/",
+        }
+    }
+}
+
+/// Starts `hello_tls` with a fresh certificate; returns it, the address and the transport.
+fn start() -> (Server, SocketAddr, Transport) {
     let dir = TempDir::new("h2-goaway");
     let cert = Cert::install(&dir);
     let args: Vec<&str> = cert.args.iter().map(String::as_str).collect();
     let server = Server::start_in(dir, &examples().hello_tls, &args);
-    (server, cert.client_config())
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, server.port()));
+    (server, addr, Transport::Tls(cert.client_config()))
+}
+
+/// Starts `hello` with a second listener for h2c (`--bind h2c:127.0.0.1:0`, the address
+/// file's second line); returns it, the h2c address and the transport.
+fn start_h2c() -> (Server, SocketAddr, Transport) {
+    let server = Server::start(&examples().hello, &["--bind", "h2c:127.0.0.1:0"]);
+    let addrs = std::fs::read_to_string(server.addr_file()).expect("an address file");
+    let addr = addrs
+        .lines()
+        .nth(1)
+        .and_then(|line| line.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no second address in the address file: {addrs:?}"));
+    (server, addr, Transport::H2c)
 }
 
 /// What the clients saw.
@@ -112,15 +146,25 @@ impl Tally {
     }
 }
 
-/// An h2 connection: TLS with ALPN `h2`, then the h2 handshake; its driver runs as a task
-/// until the connection ends.
+/// An h2 connection (for TLS: with ALPN `h2`), after the h2 handshake; its driver runs as a
+/// task until the connection ends.
 async fn connect(
     addr: SocketAddr,
-    config: Arc<ClientConfig>,
+    transport: &Transport,
 ) -> Result<h2::client::SendRequest<bytes::Bytes>, String> {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    let config = match transport {
+        Transport::H2c => {
+            let (send, connection) = h2::client::handshake(tcp)
+                .await
+                .map_err(|e| format!("h2 handshake: {e}"))?;
+            tokio::spawn(connection);
+            return Ok(send);
+        }
+        Transport::Tls(config) => config.clone(),
+    };
     let name = ServerName::try_from("localhost").expect("a valid name");
     let tls = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
@@ -157,14 +201,15 @@ fn not_sent(e: h2::Error) -> Result<Outcome, String> {
 
 /// One request on `send`; `Err` for a request that was sent and got no complete 200
 /// response, or a connection that ended without a GOAWAY.
-async fn request(send: &mut h2::client::SendRequest<bytes::Bytes>) -> Result<Outcome, String> {
+async fn request(
+    send: &mut h2::client::SendRequest<bytes::Bytes>,
+    uri: &str,
+) -> Result<Outcome, String> {
     *send = match send.clone().ready().await {
         Ok(ready) => ready,
         Err(e) => return not_sent(e),
     };
-    let request = http::Request::get("https://localhost/")
-        .body(())
-        .expect("a valid request");
+    let request = http::Request::get(uri).body(()).expect("a valid request");
     let response = match send.send_request(request, true) {
         Ok((response, _)) => response,
         Err(e) => return not_sent(e),
@@ -197,12 +242,12 @@ async fn request(send: &mut h2::client::SendRequest<bytes::Bytes>) -> Result<Out
 /// a new connection whenever the server sends the current one away.
 async fn client(
     addr: SocketAddr,
-    config: Arc<ClientConfig>,
+    transport: Transport,
     stop: Arc<AtomicBool>,
     tally: Arc<Mutex<Tally>>,
 ) {
     while !stop.load(Ordering::SeqCst) {
-        let send = match connect(addr, config.clone()).await {
+        let send = match connect(addr, &transport).await {
             Ok(send) => send,
             Err(e) => {
                 tally.lock().unwrap().failures.push(e);
@@ -214,9 +259,10 @@ async fn client(
         let streams: Vec<_> = (0..STREAMS)
             .map(|_| {
                 let (mut send, stop, tally) = (send.clone(), stop.clone(), tally.clone());
+                let uri = transport.uri();
                 tokio::spawn(async move {
                     while !stop.load(Ordering::SeqCst) {
-                        let outcome = request(&mut send).await;
+                        let outcome = request(&mut send, uri).await;
                         let mut tally = tally.lock().unwrap();
                         match outcome {
                             Ok(Outcome::Answered(pid)) => {
@@ -252,8 +298,7 @@ struct Load {
 }
 
 impl Load {
-    fn start(port: u16, config: Arc<ClientConfig>) -> Load {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    fn start(addr: SocketAddr, transport: Transport) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let tally = Arc::new(Mutex::new(Tally::default()));
         let (s, t) = (stop.clone(), tally.clone());
@@ -264,7 +309,7 @@ impl Load {
                 .expect("a tokio runtime");
             runtime.block_on(async move {
                 let clients: Vec<_> = (0..CONNECTIONS)
-                    .map(|_| tokio::spawn(client(addr, config.clone(), s.clone(), t.clone())))
+                    .map(|_| tokio::spawn(client(addr, transport.clone(), s.clone(), t.clone())))
                     .collect();
                 for c in clients {
                     let _ = c.await;
@@ -332,10 +377,11 @@ fn assert_exits_promptly(pid: i32, since: Instant, server: &Server) {
     );
 }
 
-#[test]
-fn h2_streams_cross_ten_upgrades_with_no_failure() {
-    let (server, config) = start();
-    let load = Load::start(server.port(), config);
+/// [`CONNECTIONS`] h2 clients with [`STREAMS`] streams each across [`UPGRADES`] upgrades:
+/// nothing fails, each old generation exits within [`EXIT_WITHIN`], every generation serves,
+/// every client is sent away by a GOAWAY at each upgrade, and every drain cuts nothing.
+fn streams_cross_upgrades(server: Server, addr: SocketAddr, transport: Transport) {
+    let load = Load::start(addr, transport);
     load.wait_for_more(200);
     let mut pids = vec![server.first_pid()];
     for _ in 0..UPGRADES {
@@ -377,17 +423,28 @@ fn h2_streams_cross_ten_upgrades_with_no_failure() {
 }
 
 #[test]
+fn h2_streams_cross_ten_upgrades_with_no_failure() {
+    let (server, addr, transport) = start();
+    streams_cross_upgrades(server, addr, transport);
+}
+
+#[test]
+fn h2c_streams_cross_ten_upgrades_with_no_failure() {
+    let (server, addr, transport) = start_h2c();
+    streams_cross_upgrades(server, addr, transport);
+}
+
+#[test]
 fn an_idle_h2_connection_is_sent_away_and_its_generation_exits() {
-    let (server, config) = start();
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, server.port()));
+    let (server, addr, transport) = start();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
     let mut send = runtime
-        .block_on(connect(addr, config))
+        .block_on(connect(addr, &transport))
         .expect("an h2 connection");
-    let first = runtime.block_on(request(&mut send));
+    let first = runtime.block_on(request(&mut send, transport.uri()));
     assert_eq!(first, Ok(Outcome::Answered(server.first_pid())));
     // Idle from now on: nothing the server writes would carry the frame. The connection's
     // driver runs while this thread sleeps in `block_on`, so wait there for the old
@@ -411,6 +468,6 @@ fn an_idle_h2_connection_is_sent_away_and_its_generation_exits() {
         server.log()
     );
     // The connection was sent away by a GOAWAY: it refuses new streams with that reason.
-    let after = runtime.block_on(request(&mut send));
+    let after = runtime.block_on(request(&mut send, transport.uri()));
     assert_eq!(after, Ok(Outcome::SentAway));
 }
