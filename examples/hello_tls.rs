@@ -32,6 +32,9 @@ struct Own {
     /// PEM file with the private key (read by every generation).
     #[arg(long, value_name = "PATH", env = "ENDLESS_TLS_KEY")]
     tls_key: PathBuf,
+    /// How long a client has to complete the TLS handshake (default 3s).
+    #[arg(long, value_name = "DURATION", env = "ENDLESS_TLS_HANDSHAKE_TIMEOUT", value_parser = common::parse_duration)]
+    tls_handshake_timeout: Option<std::time::Duration>,
 }
 
 fn load_tls(cert: &Path, key: &Path) -> io::Result<rustls::ServerConfig> {
@@ -76,6 +79,9 @@ replacing the files and sending SIGHUP rotates them.",
                 return common::exit_on_error(Err(e));
             }
         };
+    }
+    if let Some(timeout) = own.tls_handshake_timeout {
+        endless = endless.tls_handshake_timeout(timeout);
     }
     common::exit_on_error(common::configure(endless, &options).run_blocking());
 }

@@ -323,6 +323,16 @@ where
         self
     }
 
+    /// How long a client has to complete the TLS handshake on a `bind_rustls` listener
+    /// (requires the `rustls` feature), as `HttpServer::tls_handshake_timeout`; by default
+    /// actix-tls's 3 s. A connection still handshaking then is closed.
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn tls_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.server.tls_handshake_timeout = Some(timeout);
+        self
+    }
+
     /// The most connections each worker serves at once, as `HttpServer::max_connections`.
     pub fn max_connections(mut self, max: usize) -> Self {
         self.server.max_connections = Some(max);
@@ -345,7 +355,8 @@ where
     /// listeners. TLS and h2c listeners (`bind_rustls`, `bind_auto_h2c`) are served by the
     /// runtime's own actix server, which writes the HTTP/2 GOAWAY of a drain into each
     /// connection's stream; it takes the builder's settings (`workers`, `keep_alive`, the
-    /// client timeouts, `max_connections`, `max_connection_rate`) but not what is set here.
+    /// client timeouts, `max_connections`, `max_connection_rate`,
+    /// `tls_handshake_timeout`) but not what is set here.
     ///
     /// Some of `HttpServer` belongs to the runtime:
     ///

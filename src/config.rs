@@ -174,6 +174,9 @@ pub(crate) struct ServerSettings {
     pub(crate) client_disconnect_timeout: Option<Duration>,
     pub(crate) max_connections: Option<usize>,
     pub(crate) max_connection_rate: Option<usize>,
+    /// TLS listeners only (`None`: actix-tls's 3 s).
+    #[cfg(feature = "rustls")]
+    pub(crate) tls_handshake_timeout: Option<Duration>,
 }
 
 impl ServerSettings {

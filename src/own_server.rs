@@ -157,7 +157,11 @@ where
 {
     let http = http_service::<TlsStream<TcpStream>, S, B>(settings, on_connect, addr, true)
         .map_err(TlsError::Service);
-    Acceptor::new(config)
+    let mut acceptor = Acceptor::new(config);
+    if let Some(timeout) = settings.tls_handshake_timeout {
+        acceptor.set_handshake_timeout(timeout);
+    }
+    acceptor
         .map_err(TlsError::into_service_error)
         .and_then(fn_service(|io: TlsStream<TcpStream>| async move {
             let http2 = io

@@ -191,7 +191,7 @@ impl Options {
 
 /// Parses a DURATION: `250ms`, `30s`, `2m`, `1h` or a combination (`1m30s`), or a bare
 /// number of milliseconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         return text

@@ -557,3 +557,40 @@ fn broken_certificate_fails_the_upgrade_cleanly() {
     // The failed attempt did not use up a generation number.
     assert_served(&client, new, 2, &cert_b);
 }
+
+#[test]
+fn tls_handshake_timeout_closes_a_silent_connection() {
+    let cert = TestCert::generate("A");
+    let dir = TempDir::new("tls-handshake-timeout");
+    let files = CertFiles::in_dir(dir.path());
+    files.install(&cert);
+    let mut args = files.args().to_vec();
+    args.extend(["--tls-handshake-timeout", "300ms"]);
+    let server = Server::start_in(dir, &examples().hello_tls, &args);
+    // A client that connects and never starts the handshake: the server closes the connection
+    // after 300 ms (actix-tls's default would be 3 s).
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, server.port())).expect("connect");
+    stream
+        .set_read_timeout(Some(HTTP_TIMEOUT))
+        .expect("a read timeout");
+    let start = Instant::now();
+    let mut byte = [0u8; 1];
+    let read = std::io::Read::read(&mut stream, &mut byte);
+    let waited = start.elapsed();
+    assert!(
+        matches!(read, Ok(0))
+            || read
+                .as_ref()
+                .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock
+                    && e.kind() != std::io::ErrorKind::TimedOut),
+        "expected the server to close the connection, got {read:?} after {waited:?}"
+    );
+    assert!(
+        waited >= std::time::Duration::from_millis(250)
+            && waited < std::time::Duration::from_secs(2),
+        "the silent connection was closed after {waited:?}, not after the 300 ms handshake timeout"
+    );
+    // Served as usual otherwise.
+    let client = HttpsClient::new(server.port(), &[&cert]);
+    assert_served(&client, server.first_pid(), 1, &cert);
+}
