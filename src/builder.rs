@@ -11,8 +11,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::Extensions;
 
 use crate::config::{Bind, HammerTime, ProcessMode, ServerSettings, Settings};
-use crate::drain::AppFactory;
-use crate::drain::{OnConnect, Server};
+use crate::drain::{AppFactory, OnConnect, Server};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::hooks::{

@@ -198,10 +198,11 @@ impl Tracker {
         self.sum(|s| s.in_flight.load(Ordering::SeqCst))
     }
 
-    /// How long no request has been in flight in this drain (zero while one is): since the
-    /// last response finished while draining, or since the drain began ([`Tracker::touch`]).
-    pub(crate) fn idle_for(&self) -> Duration {
-        if self.in_flight() > 0 {
+    /// How long no request has been in flight in this drain (zero while one is; `in_flight`
+    /// as just counted by [`Tracker::in_flight`]): since the last response finished while
+    /// draining, or since the drain began ([`Tracker::touch`]).
+    pub(crate) fn idle_for(&self, in_flight: usize) -> Duration {
+        if in_flight > 0 {
             return Duration::ZERO;
         }
         let shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());

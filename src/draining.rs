@@ -11,15 +11,13 @@ use std::task::{Context, Poll, Waker};
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest};
 
-/// Whether this process drains, and who waits for it to.
+/// Who waits for this process to drain.
 static STATE: Mutex<State> = Mutex::new(State {
-    draining: false,
     next_id: 0,
     waiting: Vec::new(),
 });
 
 struct State {
-    draining: bool,
     next_id: u64,
     /// The waker of each pending [`Draining`], by its id; removed when it is dropped, so
     /// streams that end on their own leave nothing behind.
@@ -30,10 +28,11 @@ struct State {
 #[cfg(test)]
 pub(crate) static TEST_LOCK: Mutex<()> = Mutex::new(());
 
-/// [`State::draining`], for checks on every write that must not take the lock.
+/// Whether this process drains. Written under [`STATE`]'s lock, so that a waiter that checks
+/// it there is either woken or sees it set; read without the lock where only a check is needed.
 static DRAINING: AtomicBool = AtomicBool::new(false);
 
-/// Whether this process drains now (lock-free; see [`Draining`] to wait for it).
+/// Whether this process drains now (see [`Draining`] to wait for it).
 #[cfg(any(feature = "rustls", feature = "http2"))]
 pub(crate) fn now() -> bool {
     DRAINING.load(Ordering::Relaxed)
@@ -48,7 +47,6 @@ fn state() -> std::sync::MutexGuard<'static, State> {
 pub(crate) fn set(draining: bool) {
     let waiting = {
         let mut state = state();
-        state.draining = draining;
         DRAINING.store(draining, Ordering::SeqCst);
         if draining {
             std::mem::take(&mut state.waiting)
@@ -102,7 +100,7 @@ pub fn draining() -> Draining {
 impl Draining {
     /// Whether this process drains now.
     pub fn is_draining(&self) -> bool {
-        state().draining
+        DRAINING.load(Ordering::SeqCst)
     }
 }
 
@@ -111,7 +109,7 @@ impl Future for Draining {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut state = state();
-        if state.draining {
+        if DRAINING.load(Ordering::SeqCst) {
             return Poll::Ready(());
         }
         let id = *self.id.get_or_insert_with(|| {

@@ -37,20 +37,13 @@ pub(crate) struct Built {
 impl Built {
     /// The control thread's levers on every server.
     pub(crate) fn levers(&self) -> Levers {
-        Levers(
-            self.servers
-                .running
-                .iter()
-                .flatten()
-                .map(|s| s.handle())
-                .collect(),
-        )
+        Levers(self.servers.running.iter().map(|s| s.handle()).collect())
     }
 }
 
 /// Runs until every server has stopped; then the first error, if any.
 pub(crate) struct Servers {
-    running: Vec<Option<actix_web::dev::Server>>,
+    running: Vec<actix_web::dev::Server>,
     failed: Option<std::io::Error>,
 }
 
@@ -58,21 +51,20 @@ impl Future for Servers {
     type Output = std::io::Result<()>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        for slot in &mut this.running {
-            if let Some(server) = slot {
-                if let Poll::Ready(done) = Pin::new(server).poll(cx) {
-                    *slot = None;
-                    if let Err(e) = done {
-                        this.failed.get_or_insert(e);
-                    }
+        let Servers { running, failed } = &mut *self;
+        running.retain_mut(|server| match Pin::new(server).poll(cx) {
+            Poll::Pending => true,
+            Poll::Ready(done) => {
+                if let Err(e) = done {
+                    failed.get_or_insert(e);
                 }
+                false
             }
-        }
-        if this.running.iter().any(Option::is_some) {
+        });
+        if !running.is_empty() {
             return Poll::Pending;
         }
-        Poll::Ready(this.failed.take().map_or(Ok(()), Err))
+        Poll::Ready(failed.take().map_or(Ok(()), Err))
     }
 }
 
@@ -142,10 +134,10 @@ or Endless::bind_rustls instead",
         let socket = listener.socket.try_clone().map_err(bind_error)?;
         acceptor_fds.push(socket.fd().as_raw_fd());
         match (socket, &listener.serve) {
-            #[cfg(feature = "rustls")]
-            (Socket::Tcp(l), serve @ Serve::Tls(_)) => own.push((l, serve.clone())),
-            #[cfg(feature = "http2")]
-            (Socket::Tcp(l), Serve::AutoH2c) => own.push((l, Serve::AutoH2c)),
+            #[cfg(any(feature = "rustls", feature = "http2"))]
+            (Socket::Tcp(l), serve) if !matches!(serve, Serve::Http1) => {
+                own.push((l, serve.clone()));
+            }
             (socket, _) => {
                 server = listen(server, socket).map_err(bind_error)?;
                 plain += 1;
@@ -154,7 +146,7 @@ or Endless::bind_rustls instead",
     }
     let mut running = Vec::new();
     if plain > 0 {
-        running.push(Some(server.run()));
+        running.push(server.run());
     }
     #[cfg(any(feature = "rustls", feature = "http2"))]
     if !own.is_empty() {
@@ -170,7 +162,7 @@ or Endless::bind_rustls instead",
                     source,
                 }
             })?;
-        running.push(Some(server));
+        running.push(server);
     }
     Ok(Built {
         servers: Servers {

@@ -12,6 +12,8 @@
 //! GOAWAY but neither reconnects nor retries the requests it had queued when the GOAWAY
 //! arrived, which nghttp2 then refuses to send and h2load counts as failed; see README.)
 
+mod tls_support;
+
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,8 +25,9 @@ use integration::{
     examples, pid_alive, send_signal, wait_for, wait_until, Server, TempDir, TIMEOUT,
 };
 use nix::sys::signal::Signal;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use tls_support::{client_config, CertFiles, TestCert, SERVER_NAME};
 
 /// Concurrent h2 connections of the load, and streams in flight on each.
 const CONNECTIONS: usize = 4;
@@ -40,50 +43,6 @@ const EXIT_WITHIN: Duration = Duration::from_secs(10);
 const IDLE_EXIT_WITHIN: Duration = Duration::from_secs(3);
 /// A response slower than this counts as failed.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A self-signed certificate for `localhost`, its key, and the files the server reads.
-struct Cert {
-    der: CertificateDer<'static>,
-    args: Vec<String>,
-}
-
-impl Cert {
-    fn install(dir: &TempDir) -> Cert {
-        let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-            .expect("valid subject alternative names");
-        let key = rcgen::KeyPair::generate().expect("cannot generate a key pair");
-        let cert = params.self_signed(&key).expect("cannot self-sign");
-        let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
-        std::fs::write(&cert_file, cert.pem()).expect("cannot write cert.pem");
-        std::fs::write(&key_file, key.serialize_pem()).expect("cannot write key.pem");
-        let path = |p: std::path::PathBuf| p.to_str().expect("UTF-8 paths").to_owned();
-        Cert {
-            der: cert.der().clone(),
-            args: vec![
-                "--tls-cert".into(),
-                path(cert_file),
-                "--tls-key".into(),
-                path(key_file),
-            ],
-        }
-    }
-
-    /// A client configuration that trusts this certificate and offers only `h2`.
-    fn client_config(&self) -> Arc<ClientConfig> {
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(self.der.clone())
-            .expect("cannot trust the certificate");
-        let mut config =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("the ring provider supports the default protocol versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        Arc::new(config)
-    }
-}
 
 /// How the client reaches the server.
 #[derive(Clone)]
@@ -107,11 +66,15 @@ impl Transport {
 /// Starts `hello_tls` with a fresh certificate; returns it, the address and the transport.
 fn start() -> (Server, SocketAddr, Transport) {
     let dir = TempDir::new("h2-goaway");
-    let cert = Cert::install(&dir);
-    let args: Vec<&str> = cert.args.iter().map(String::as_str).collect();
-    let server = Server::start_in(dir, &examples().hello_tls, &args);
+    let cert = TestCert::generate("h2");
+    let files = CertFiles::in_dir(dir.path());
+    files.install(&cert);
+    let server = Server::start_in(dir, &examples().hello_tls, &files.args());
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, server.port()));
-    (server, addr, Transport::Tls(cert.client_config()))
+    // Offering only h2: a server that does not negotiate it fails the test.
+    let mut config = client_config(&[&cert]);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    (server, addr, Transport::Tls(Arc::new(config)))
 }
 
 /// Starts `hello` with a second listener for h2c (`--bind h2c:127.0.0.1:0`, the address
@@ -165,7 +128,7 @@ async fn connect(
         }
         Transport::Tls(config) => config.clone(),
     };
-    let name = ServerName::try_from("localhost").expect("a valid name");
+    let name = ServerName::try_from(SERVER_NAME).expect("a valid name");
     let tls = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await

@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -24,7 +23,7 @@ use integration::{
 use nix::sys::signal::Signal;
 use rustls::client::Resumption;
 use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 /// What the library logs when an upgrade fails.
 const UPGRADE_FAILED: &str = "upgrade failed";
@@ -32,77 +31,9 @@ const UPGRADE_FAILED: &str = "upgrade failed";
 /// What `hello_tls` logs when it cannot load its certificate or key.
 const CANNOT_LOAD: &str = "cannot load the TLS certificate";
 
-/// The name the client asks for (SNI) and verifies the certificate against.
-const SERVER_NAME: &str = "localhost";
+mod tls_support;
 
-// ---------------------------------------------------------------------------------------------
-// Certificates
-// ---------------------------------------------------------------------------------------------
-
-/// A self-signed certificate for `localhost` and `127.0.0.1`, with its private key.
-struct TestCert {
-    /// A short name for messages (`A`, `B`), also in the certificate's common name.
-    name: &'static str,
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-}
-
-impl TestCert {
-    /// Generates a new key pair and a self-signed certificate whose common name is
-    /// `actix-endless test certificate {name}`, so that two test certificates never share a
-    /// subject (the client trusts both).
-    fn generate(name: &'static str) -> TestCert {
-        let mut params =
-            rcgen::CertificateParams::new(vec![SERVER_NAME.to_owned(), "127.0.0.1".to_owned()])
-                .expect("valid subject alternative names");
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(
-            rcgen::DnType::CommonName,
-            format!("actix-endless test certificate {name}"),
-        );
-        let key = rcgen::KeyPair::generate().expect("cannot generate a key pair");
-        let cert = params
-            .self_signed(&key)
-            .expect("cannot self-sign the certificate");
-        TestCert {
-            name,
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().clone(),
-        }
-    }
-}
-
-/// Where the server reads its certificate and key.
-struct CertFiles {
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl CertFiles {
-    /// `cert.pem` and `key.pem` in `dir`.
-    fn in_dir(dir: &Path) -> CertFiles {
-        CertFiles {
-            cert: dir.join("cert.pem"),
-            key: dir.join("key.pem"),
-        }
-    }
-
-    /// Replaces both files with `cert`, each atomically (written aside, then renamed).
-    fn install(&self, cert: &TestCert) {
-        replace_file(&self.key, cert.key_pem.as_bytes(), 0o600);
-        replace_file(&self.cert, cert.cert_pem.as_bytes(), 0o644);
-    }
-
-    /// The arguments that make `hello_tls` use these files.
-    fn args(&self) -> [&str; 4] {
-        fn utf8(path: &Path) -> &str {
-            path.to_str().expect("temporary paths are UTF-8")
-        }
-        ["--tls-cert", utf8(&self.cert), "--tls-key", utf8(&self.key)]
-    }
-}
+use tls_support::{client_config, CertFiles, TestCert, SERVER_NAME};
 
 /// Starts `hello_tls` in `dir`, whose `cert.pem` and `key.pem` hold `cert`.
 fn start_tls_server(dir: TempDir, cert: &TestCert) -> (Server, CertFiles) {
@@ -149,18 +80,7 @@ struct HttpsClient {
 
 impl HttpsClient {
     fn new(port: u16, trusted: &[&TestCert]) -> HttpsClient {
-        let mut roots = RootCertStore::empty();
-        for cert in trusted {
-            roots
-                .add(cert.der.clone())
-                .unwrap_or_else(|e| panic!("cannot trust certificate {}: {e}", cert.name));
-        }
-        let mut config =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("the ring provider supports the default protocol versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+        let mut config = client_config(trusted);
         // A resumed session skips the certificate: every connection must show the certificate
         // its server loaded, so resumption is off.
         config.resumption = Resumption::disabled();

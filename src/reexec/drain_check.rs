@@ -34,13 +34,14 @@ impl Control {
                 crate::draining::set(true);
             }
         }
-        self.pace_closes(&mut drain);
+        let (connections, in_flight) = (TRACKER.connections(), TRACKER.in_flight());
+        self.pace_closes(&mut drain, connections);
         let view = DrainView {
             elapsed,
             acceptor_paused: drain.acceptor_paused,
-            connections: TRACKER.connections(),
-            in_flight: TRACKER.in_flight(),
-            idle_for: TRACKER.idle_for(),
+            connections,
+            in_flight,
+            idle_for: TRACKER.idle_for(in_flight),
         };
         let verdict = decide::drain(
             &view,
@@ -138,10 +139,9 @@ impl Control {
         if !self.levers.pause(PAUSE_CONFIRM) {
             warn!("{who}: the server did not confirm the pause within {PAUSE_CONFIRM:?}");
         }
+        let (connections, in_flight) = (TRACKER.connections(), TRACKER.in_flight());
         info!(
-            "{who}: stopped accepting; draining {} connection(s) with {} request(s) in flight (hammer time {})",
-            TRACKER.connections(),
-            TRACKER.in_flight(),
+            "{who}: stopped accepting; draining {connections} connection(s) with {in_flight} request(s) in flight (hammer time {})",
             self.settings.hammer_time
         );
         let cause = if successor.is_some() {
@@ -149,7 +149,6 @@ impl Control {
         } else {
             DrainReason::Stop
         };
-        let (connections, in_flight) = (TRACKER.connections(), TRACKER.in_flight());
         self.reporter.drain_start(DrainStart {
             pid: who.pid,
             generation: who.generation(),
@@ -183,7 +182,7 @@ impl Control {
     /// Sets how many more keep-alive connections may be asked to close now
     /// ([`decide::close_allowance`]). A stop with no other process to take the clients asks
     /// them all at once: pacing would only make it longer.
-    fn pace_closes(&self, drain: &mut Drain) {
+    fn pace_closes(&self, drain: &mut Drain, connections: usize) {
         if drain.cause == DrainReason::Stop && self.master.is_none() {
             TRACKER.set_close_budget(usize::MAX);
             return;
@@ -200,16 +199,15 @@ impl Control {
                 Duration::ZERO
             }
         };
-        // Asked to close and still open: every connection that ended since the drain began
-        // counts as one that was asked (an over-count that only lets pacing go faster).
         let served = TRACKER.served();
-        let connections = TRACKER.connections();
         drain.close_credit += decide::traffic_credit(
             served.saturating_sub(drain.served_seen),
             drain.connections_at_start,
             connections,
         );
         drain.served_seen = served;
+        // Asked to close and still open: every connection that ended since the drain began
+        // counts as one that was asked (an over-count that only lets pacing go faster).
         let asked = TRACKER.closes_asked().saturating_sub(drain.closes_at_start);
         let ended = (drain.connections_at_start + TRACKER.opened())
             .saturating_sub(drain.opened_at_start + connections);
