@@ -21,6 +21,8 @@
 //! `debug` profile.
 #![warn(missing_docs)]
 
+pub mod hello_args;
+
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};

@@ -36,9 +36,7 @@
 
 use std::{
     convert::Infallible,
-    fs, io,
     net::{SocketAddr, TcpListener},
-    path::{Path, PathBuf},
     process::ExitCode,
     time::{Duration, Instant},
 };
@@ -47,6 +45,7 @@ use ecdysis::tokio_ecdysis::{SignalKind, StopOnShutdown, StoppableStream, TokioE
 use http_body_util::Full;
 use hyper::{body::Bytes, server::conn::http1, service::service_fn, Request, Response};
 use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
+use integration::hello_args::{self, HelloArgs};
 use tokio_stream::{wrappers::TcpListenerStream, StreamExt};
 
 /// The address the first generation bound, for the later ones.
@@ -56,59 +55,14 @@ const GENERATION_ENV: &str = "ECDYSIS_HELLO_GENERATION";
 /// Longest drain before the remaining connections are cut.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Parsed command line.
-struct Args {
-    bind: String,
-    workers: Option<usize>,
-    addr_file: Option<PathBuf>,
-    pid_file: Option<PathBuf>,
-}
-
-/// Parses the command line; `Err` holds a message for the user.
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        bind: "127.0.0.1:8080".into(),
-        workers: None,
-        addr_file: None,
-        pid_file: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--bind" => args.bind = value()?,
-            "--workers" => {
-                let v = value()?;
-                let n = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| format!("--workers: not a positive integer: {v}"))?;
-                args.workers = Some(n);
-            }
-            "--addr-file" => args.addr_file = Some(PathBuf::from(value()?)),
-            "--pid-file" => args.pid_file = Some(PathBuf::from(value()?)),
-            "-h" | "--help" => {
-                return Err("usage: ecdysis_hello [--bind ADDR] [--workers N] \
-                            [--addr-file PATH] [--pid-file PATH]"
-                    .into())
-            }
-            other => return Err(format!("unknown argument: {other}")),
-        }
-    }
-    Ok(args)
-}
-
-/// Writes `addr` to `path` atomically: a sibling temporary file renamed over `path`.
-fn write_addr_file(path: &Path, addr: SocketAddr) -> io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp.{}", std::process::id()));
-    fs::write(&tmp, format!("{addr}\n"))?;
-    fs::rename(&tmp, path)
-}
-
 fn main() -> ExitCode {
-    let args = match parse_args() {
+    let usage = "usage: ecdysis_hello [--bind ADDR] [--workers N] [--addr-file PATH] \
+                 [--pid-file PATH]";
+    let args = match hello_args::parse(std::env::args().skip(1), usage, true) {
+        Ok(args) if args.binds.len() > 1 => {
+            eprintln!("ecdysis_hello: one --bind only");
+            return ExitCode::from(2);
+        }
         Ok(args) => args,
         Err(msg) => {
             eprintln!("ecdysis_hello: {msg}");
@@ -123,13 +77,13 @@ fn main() -> ExitCode {
     std::env::set_var(GENERATION_ENV, generation.to_string());
     let (addr, first) = match std::env::var(BIND_ENV).ok().and_then(|a| a.parse().ok()) {
         Some(addr) => (addr, None),
-        None => match TcpListener::bind(&args.bind).and_then(|l| Ok((l.local_addr()?, l))) {
+        None => match TcpListener::bind(&args.binds[0]).and_then(|l| Ok((l.local_addr()?, l))) {
             Ok((addr, listener)) => {
                 std::env::set_var(BIND_ENV, addr.to_string());
                 (addr, Some(listener))
             }
             Err(e) => {
-                eprintln!("ecdysis_hello: bind {}: {e}", args.bind);
+                eprintln!("ecdysis_hello: bind {}: {e}", args.binds[0]);
                 return ExitCode::FAILURE;
             }
         },
@@ -160,7 +114,7 @@ fn main() -> ExitCode {
 /// Listens (or inherits the socket), serves until ecdysis reports an upgrade or a stop, then
 /// drains.
 async fn serve(
-    args: &Args,
+    args: &HelloArgs,
     addr: SocketAddr,
     mut first: Option<TcpListener>,
     generation: u64,
@@ -192,7 +146,8 @@ async fn serve(
         })
         .map_err(|e| format!("listen on {addr}: {e}"))?;
     if let Some(path) = &args.addr_file {
-        write_addr_file(path, addr).map_err(|e| format!("{}: {e}", path.display()))?;
+        hello_args::write_addr_file(path, &[addr])
+            .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     let inherited = builder.is_child();
     let accept = tokio::spawn(accept_loop(listener, generation));

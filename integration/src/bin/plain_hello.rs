@@ -19,61 +19,11 @@
 //!
 //! Signals are actix's defaults: SIGINT/SIGTERM stop gracefully, SIGQUIT stops at once.
 
-use std::{fs, io, net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{io, process::ExitCode};
+
+use integration::hello_args::{self, HelloArgs};
 
 use actix_web::{web, App, HttpResponse, HttpServer};
-
-/// Parsed command line.
-struct Args {
-    binds: Vec<String>,
-    workers: Option<usize>,
-    addr_file: Option<PathBuf>,
-}
-
-/// Parses the command line; `Err` holds a message for the user.
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        binds: Vec::new(),
-        workers: None,
-        addr_file: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--bind" => args.binds.push(value()?),
-            "--workers" => {
-                let v = value()?;
-                let n = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| format!("--workers: not a positive integer: {v}"))?;
-                args.workers = Some(n);
-            }
-            "--addr-file" => args.addr_file = Some(PathBuf::from(value()?)),
-            "-h" | "--help" => {
-                return Err(
-                    "usage: plain_hello [--bind ADDR]... [--workers N] [--addr-file PATH]".into(),
-                )
-            }
-            other => return Err(format!("unknown argument: {other}")),
-        }
-    }
-    if args.binds.is_empty() {
-        args.binds.push("127.0.0.1:8080".into());
-    }
-    Ok(args)
-}
-
-/// Writes `addrs` to `path` atomically: a sibling temporary file renamed over `path`.
-fn write_addr_file(path: &PathBuf, addrs: &[SocketAddr]) -> io::Result<()> {
-    let text: String = addrs.iter().map(|a| format!("{a}\n")).collect();
-    let mut tmp = path.clone().into_os_string();
-    tmp.push(format!(".tmp.{}", std::process::id()));
-    fs::write(&tmp, text)?;
-    fs::rename(&tmp, path)
-}
 
 /// `GET /`, written like the `hello` example's handler (there the generation comes from
 /// `actix_endless::generation()`; without the crate there is only generation 1).
@@ -87,7 +37,8 @@ async fn index(release: web::Data<&'static str>) -> HttpResponse {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
+    let usage = "usage: plain_hello [--bind ADDR]... [--workers N] [--addr-file PATH]";
+    let args = match hello_args::parse(std::env::args().skip(1), usage, false) {
         Ok(args) => args,
         Err(msg) => {
             eprintln!("plain_hello: {msg}");
@@ -104,7 +55,7 @@ fn main() -> ExitCode {
 }
 
 /// Binds, publishes the addresses, then serves until a stop signal.
-async fn serve(args: Args) -> io::Result<()> {
+async fn serve(args: HelloArgs) -> io::Result<()> {
     let mut server = HttpServer::new(|| {
         App::new()
             .app_data(web::Data::new("v1"))
@@ -119,7 +70,7 @@ async fn serve(args: Args) -> io::Result<()> {
     // The sockets are listening from here on: connections queue in the backlog until the
     // workers accept them, so publishing the address now is safe.
     if let Some(path) = &args.addr_file {
-        write_addr_file(path, &server.addrs())?;
+        hello_args::write_addr_file(path, &server.addrs())?;
     }
     server.run().await
 }
