@@ -218,6 +218,10 @@ const STEADY_SLICE: Duration = Duration::from_secs(1);
 /// Per-pair ratios of the steady state spread 0.8-1.25 on this kind of machine (neighbours),
 /// so its median needs many pairs: 80 pairs of 1 s give it a standard error of about 0.015.
 const STEADY_PAIRS_PER_PAIR: u32 = 10;
+/// The upgrade comparisons' pairs per `--pairs`: their 2 s pairs spread as widely, and the
+/// keep-alive target (0.97) is close to 1, so 64 pairs give the median a standard error of
+/// about 0.015.
+const UPGRADE_PAIRS_PER_PAIR: u32 = 8;
 
 /// One step of the plan: a row, or an interleaved comparison of two kinds of slices.
 enum Step {
@@ -275,9 +279,9 @@ fn plan(cfg: &Config) -> Vec<Step> {
             pairs,
         })
     };
-    // Upgrade slices must hold several upgrades and each new generation's warm-up; the
-    // steady-state slices have none, so more and shorter slices average the noise better.
-    let upgrade_slices = (cfg.pairs, cfg.slice);
+    // An upgrade slice holds one upgrade per 2 s; the steady-state slices have none, so they
+    // can be shorter.
+    let upgrade_slices = (cfg.pairs * UPGRADE_PAIRS_PER_PAIR, cfg.slice);
     let steady_slices = (cfg.pairs * STEADY_PAIRS_PER_PAIR, STEADY_SLICE);
     for &mode in &cfg.modes {
         if only.steady && mode == ConnMode::KeepAlive {
@@ -532,12 +536,14 @@ fn print_report(
     if !comparisons.is_empty() {
         println!(
             "interleaved comparisons (the throughput targets): {} pairs of {} s slices for the upgrades, \
-             {} pairs of {} s slices for the steady state, a fresh server and wrk (same flags) per \
-             upgrade slice, one server per arm for all the steady-state slices, in ABBA order (base-test, test-base, ...) so that the machine's drift cancels; each \
-             endless slice has one SIGHUP upgrade per 2 s, evenly spread. The targets check the median \
-             of the per-pair ratios (test / base of each pair), which a single slice hit by a \
-             neighbour's burst cannot swing; the ratio of the mean req/s is shown too:",
-            cfg.pairs,
+             {} pairs of {} s slices for the steady state, one server per arm for all its slices \
+             (warmed up by a discarded slice; an endless arm keeps its newest generation), a \
+             wrk (same flags) per slice, in ABBA order (base-test, test-base, ...) so that the \
+             machine's drift cancels; each endless slice has one SIGHUP upgrade per 2 s and ends \
+             when the old generation has exited. The targets check the median of the per-pair \
+             ratios (test / base of each pair), which a single slice hit by a neighbour's burst \
+             cannot swing; the ratio of the mean req/s is shown too:",
+            cfg.pairs * UPGRADE_PAIRS_PER_PAIR,
             cfg.slice.as_secs(),
             cfg.pairs * STEADY_PAIRS_PER_PAIR,
             STEADY_SLICE.as_secs(),

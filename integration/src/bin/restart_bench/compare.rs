@@ -2,9 +2,8 @@
 //!
 //! On a shared 2-vCPU machine the throughput of back-to-back 20 s rows drifts by up to 25 %,
 //! far more than the few percent a target compares. A comparison therefore runs `pairs`
-//! pairs of short slices (a fresh server and wrk each when an arm restarts, otherwise one
-//! server per arm for all its slices: `warm.rs`), base and test alternating in ABBA
-//! order (base-test, test-base, base-test, ...) so that a linear drift cancels. What is left
+//! pairs of short slices against one server per arm (`warm.rs`), base and test alternating
+//! in ABBA order (base-test, test-base, base-test, ...) so that a linear drift cancels. What is left
 //! is heavy-tailed: a neighbour's burst can cost one slice 30 % (it hits base and test slices
 //! alike), so the figure a target checks is the median of the per-pair ratios, as Go's
 //! benchstat reports medians; the ratio of the mean req/s is printed next to it.
@@ -77,34 +76,11 @@ fn median(sorted: &[f64]) -> f64 {
 }
 
 impl Comparison {
-    /// Runs the slices; `progress` sees each one as it finishes. Stops early when the
-    /// benchmark is interrupted.
-    pub fn run(runner: &mut Runner, spec: CompareSpec, mut progress: impl FnMut(&Row)) -> Self {
-        let mut cmp = Comparison {
-            spec,
-            base: Vec::new(),
-            test: Vec::new(),
-        };
-        if spec.base.restarts == 0 && spec.test.restarts == 0 {
-            (cmp.base, cmp.test) = runner.warm_pairs(spec.base, spec.test, spec.pairs, progress);
-            return cmp;
-        }
-        for pair in 0..spec.pairs {
-            let base_first = pair % 2 == 0;
-            for is_base in [base_first, !base_first] {
-                let row = runner.run(if is_base { spec.base } else { spec.test });
-                progress(&row);
-                if is_base {
-                    cmp.base.push(row);
-                } else {
-                    cmp.test.push(row);
-                }
-                if crate::procs::interrupted() {
-                    return cmp;
-                }
-            }
-        }
-        cmp
+    /// Runs the slices against one server per arm (`warm.rs`); `progress` sees each one as
+    /// it finishes. Stops early when the benchmark is interrupted.
+    pub fn run(runner: &mut Runner, spec: CompareSpec, progress: impl FnMut(&Row)) -> Self {
+        let (base, test) = runner.warm_pairs(spec.base, spec.test, spec.pairs, progress);
+        Comparison { spec, base, test }
     }
 
     /// The figures, or why there are none (a slice failed to run or none ran).

@@ -3,7 +3,6 @@
 //! module of `peers`, itself a child of `scenario`, so it uses the runner's helpers.
 
 use std::{
-    collections::HashMap,
     ffi::{CStr, CString},
     fs,
     net::{SocketAddr, TcpListener},
@@ -13,7 +12,6 @@ use std::{
     },
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    thread,
     time::Instant,
 };
 
@@ -22,11 +20,9 @@ use nix::sys::signal::Signal;
 use crate::{
     procs::{self, poll_until, Guard, Proc},
     scenario::{
-        check_get, note_unsent, read_pid, restart_times, sample, stop_all, track, Restarts,
-        RowData, RowSpec, Runner, EXIT_TIMEOUT, INTERRUPTED, POLL, READY_TIMEOUT, RSS_PERIOD,
-        START_TIMEOUT, WRK_GRACE,
+        check_get, read_pid, RowData, RowSpec, Runner, Tick, Tracked, EXIT_TIMEOUT, POLL,
+        READY_TIMEOUT, START_TIMEOUT,
     },
-    timeline,
 };
 
 /// Where nginx is: Debian's path, else `nginx` on `PATH`.
@@ -61,40 +57,25 @@ impl Runner {
         let _sweep = Sweep(conf.clone());
         let (server, spawned) = self.start_nginx(guard, dir, &bin, &conf, spec)?;
         let pid_file = dir.join("nginx.pid");
-        let wspec = self.wrk_spec(spec, server);
-        let schedule = restart_times(spec.duration, spec.restarts);
         let first = read_pid(&pid_file)
             .and_then(Proc::of)
             .ok_or("the nginx master vanished after start-up")?;
-        let mut tracked = vec![first];
+        let mut tracked = Tracked::new(first, spawned);
         guard.adopt(first);
-        let mut restarts = Restarts {
-            requested: spec.restarts,
-            ..Restarts::default()
-        };
-        let mut next = 0usize;
         // USR2 sent, waiting for the new master and its workers: (sent at, old master).
         let mut pending: Option<(Instant, Proc)> = None;
         // Old master draining: (ready at, old master, new master, QUIT sent).
         let mut draining: Option<(Instant, Proc, Proc, bool)> = None;
-        let mut peak_rss = 0u64;
-        let mut orphan_cpu: HashMap<(i32, u64), f64> = HashMap::new();
-        let mut last_sample: Option<Instant> = None;
-
-        let (wrk_pid, t0) = self.start_wrk(guard, dir, &wspec)?;
-        let mut rec = timeline::Recorder::start(self.timed, server, t0, spec.duration);
-        let hard_deadline = t0 + spec.duration + WRK_GRACE + EXIT_TIMEOUT;
-        let mut wrk_done = false;
-        loop {
-            let now = Instant::now();
-            guard.reap();
-            if !wrk_done && guard.try_wait(wrk_pid).is_some() {
-                wrk_done = true;
-            }
-            if last_sample.is_none_or(|t| now - t >= RSS_PERIOD) {
-                last_sample = Some(now);
-                peak_rss = peak_rss.max(sample(guard, &mut tracked, spawned, &mut orphan_cpu));
-            }
+        let load = self.drive(guard, dir, spec, server, "nginx", |tick, schedule| {
+            let Tick {
+                guard,
+                now,
+                t0,
+                wrk_done,
+                rec,
+                restarts,
+            } = tick;
+            tracked.sample(guard, now);
 
             if let Some((sent, old)) = pending {
                 let new = read_pid(&pid_file)
@@ -106,7 +87,7 @@ impl Runner {
                     restarts.to_ready.push(ready - sent);
                     rec.ready(ready);
                     restarts.completed += 1;
-                    track(guard, &mut tracked, new, spawned);
+                    tracked.add(guard, new);
                     if !old.signal(Signal::SIGWINCH) {
                         restarts.problems.push(format!(
                             "could not send WINCH to the old master {}",
@@ -158,14 +139,8 @@ impl Runner {
 
             // The next upgrade goes to the current master once the previous one is complete
             // (a new master ignores USR2 while the old one runs).
-            if pending.is_none()
-                && draining.is_none()
-                && !wrk_done
-                && next < schedule.len()
-                && now - t0 >= schedule[next]
-            {
-                next += 1;
-                match current_master(&pid_file, &tracked) {
+            if pending.is_none() && draining.is_none() && !wrk_done && schedule.due(t0, now) {
+                match current_master(&pid_file, tracked.procs()) {
                     Ok(master) if master.signal(Signal::SIGUSR2) => {
                         let sent = Instant::now();
                         rec.signal(sent);
@@ -177,36 +152,19 @@ impl Runner {
                     Err(e) => restarts.problems.push(e),
                 }
             }
-
-            if wrk_done && pending.is_none() && draining.is_none() {
-                break;
-            }
-            if procs::interrupted() {
-                return Err(INTERRUPTED.into());
-            }
-            if now >= hard_deadline {
-                restarts
-                    .problems
-                    .push("nginx loop hit its deadline; remaining waits abandoned".into());
-                break;
-            }
-            thread::sleep(POLL);
-        }
-        note_unsent(next, &schedule, &mut restarts.problems);
-
-        let wrk = self.finish_wrk(guard, dir, (wrk_pid, t0), spec.duration)?;
-        let (timeline, note) = rec.finish(dir, wrk.requests);
+            pending.is_some() || draining.is_some()
+        })?;
         // TERM is nginx's fast shutdown, for masters and workers alike.
-        let mut notes = stop_all(guard, &tracked, &mut orphan_cpu, spawned);
-        notes.extend(note);
+        let mut notes = tracked.stop(guard);
+        notes.extend(load.notes);
         Ok(RowData {
-            wrk,
-            peak_rss_kib: Some(peak_rss),
-            restarts,
+            wrk: load.wrk,
+            peak_rss_kib: Some(tracked.peak_rss_kib()),
+            restarts: load.restarts,
             notes,
-            orphan_cpu_secs: orphan_cpu.values().sum(),
+            orphan_cpu_secs: tracked.orphan_cpu_secs(),
             other_cpu_pct: None,
-            timeline,
+            timeline: load.timeline,
         })
     }
 

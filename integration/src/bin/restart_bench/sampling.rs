@@ -3,9 +3,9 @@
 
 use super::*;
 
-/// How many workers the master has reported ready so far (its log lines).
-pub(super) fn ready_count(dir: &Path) -> usize {
-    fs::read_to_string(dir.join("server.log"))
+/// How many workers the master has reported ready so far (its lines in `log`).
+pub(super) fn ready_count(log: &Path) -> usize {
+    fs::read_to_string(log)
         .map(|log| {
             log.lines()
                 .filter(|l| l.contains("master pid") && l.contains(") is ready after"))
@@ -43,17 +43,19 @@ pub(super) fn track(guard: &mut Guard, tracked: &mut Vec<Proc>, p: Proc, direct:
     }
 }
 
-/// One sample: discovers children of the tracked processes (a new generation appears as a
-/// child of the old one before it is ready), records the CPU time of the processes we do not
-/// reap ourselves (all but `direct`), and returns the summed VmRSS of all live ones, in KiB.
+/// One sample: forgets the processes that exited (reading `/proc` for every generation ever
+/// seen would cost the machine more with every upgrade), discovers children of the others (a
+/// new generation appears as a child of the old one before it is ready), records the CPU time
+/// of the processes we do not reap ourselves (all but `direct`), and returns the summed VmRSS
+/// of the live ones, in KiB.
 pub(super) fn sample(
     guard: &mut Guard,
     tracked: &mut Vec<Proc>,
     direct: i32,
     orphan_cpu: &mut HashMap<(i32, u64), f64>,
 ) -> u64 {
-    let live: Vec<Proc> = tracked.iter().copied().filter(|p| !p.is_gone()).collect();
-    for parent in &live {
+    tracked.retain(|p| !p.is_gone());
+    for parent in tracked.clone() {
         for pid in procs::children(parent.pid) {
             if let Some(child) = Proc::of(pid) {
                 track(guard, tracked, child, direct);
@@ -61,11 +63,7 @@ pub(super) fn sample(
         }
     }
     record_cpu(tracked, direct, orphan_cpu);
-    tracked
-        .iter()
-        .filter(|p| !p.is_gone())
-        .filter_map(|p| procs::rss_kib(p.pid))
-        .sum()
+    tracked.iter().filter_map(|p| procs::rss_kib(p.pid)).sum()
 }
 
 /// Updates the last seen CPU time of every live tracked process except `direct`.
@@ -148,16 +146,5 @@ pub(super) fn check_get(addr: SocketAddr) -> Result<(), String> {
             "GET http://{addr}/ did not answer 200: {:?}",
             text.lines().next().unwrap_or("")
         ))
-    }
-}
-
-/// Notes the upgrades of `schedule` from `next` on that were never sent: the load ended first.
-pub(super) fn note_unsent(next: usize, schedule: &[Duration], problems: &mut Vec<String>) {
-    if next < schedule.len() {
-        problems.push(format!(
-            "{} of {} upgrades not sent before the load ended (earlier upgrades were slow)",
-            schedule.len() - next,
-            schedule.len()
-        ));
     }
 }

@@ -39,6 +39,8 @@ const RSS_PERIOD: Duration = Duration::from_millis(5);
 /// Error of a row cut short by SIGINT/SIGTERM.
 const INTERRUPTED: &str = "interrupted by a signal";
 
+#[path = "monitor.rs"]
+mod monitor;
 /// The peer rows (nginx, ecdysis): a child module, to drive rows with the runner's helpers.
 #[path = "naive.rs"]
 mod naive;
@@ -48,6 +50,7 @@ pub mod peers;
 mod sampling;
 #[path = "warm.rs"]
 mod warm;
+use monitor::{Tick, Tracked};
 use sampling::*;
 
 /// What a row measures.
@@ -193,6 +196,8 @@ struct Server {
     addr: SocketAddr,
     /// Pid file (hello only).
     pid_file: Option<PathBuf>,
+    /// Its stdout and stderr.
+    log: PathBuf,
 }
 
 impl Runner {
@@ -314,10 +319,11 @@ impl Runner {
     ) -> Result<Server, String> {
         let addr_file = dir.join("addr");
         let _ = fs::remove_file(&addr_file);
+        let log_path = dir.join("server.log");
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("server.log"))
+            .open(&log_path)
             .map_err(|e| format!("server.log: {e}"))?;
         let log2 = log.try_clone().map_err(|e| format!("server.log: {e}"))?;
         let hello = !matches!(kind, Kind::Naive | Kind::Plain);
@@ -367,7 +373,7 @@ impl Runner {
                 return Err(format!(
                     "{} exited at start-up ({status}); log: {}",
                     bin.display(),
-                    dir.join("server.log").display()
+                    log_path.display()
                 ))
             }
             _ => {
@@ -384,6 +390,7 @@ impl Runner {
             first: pid,
             addr,
             pid_file,
+            log: log_path,
         })
     }
 
@@ -391,176 +398,19 @@ impl Runner {
     /// sampling; a single loop ticking every millisecond.
     fn monitored(&self, guard: &mut Guard, dir: &Path, spec: RowSpec) -> Result<RowData, String> {
         let server = self.start_server(guard, dir, spec.kind, 0)?;
-        let wspec = self.wrk_spec(spec, server.addr);
-        let schedule = restart_times(spec.duration, spec.restarts);
-        let first = Proc::of(server.first).ok_or("server vanished after start-up")?;
-
-        let mut tracked = vec![first];
-        let mut restarts = Restarts {
-            requested: spec.restarts,
-            ..Restarts::default()
-        };
-        let mut next = 0usize;
-        // Upgrade waiting for ready: (SIGHUP sent at, old process).
-        let mut pending: Option<(Instant, Proc)> = None;
-        // Old generations draining: (ready at, old process).
-        let mut draining: Vec<(Instant, Proc)> = Vec::new();
-        let mut peak_rss = 0u64;
-        let mut orphan_cpu: HashMap<(i32, u64), f64> = HashMap::new();
-        let mut last_sample: Option<Instant> = None;
-        // Master rows: how many workers the master had promoted when the SIGHUP was sent.
-        let mut readies_before = 0usize;
-
-        let (wrk_pid, t0) = self.start_wrk(guard, dir, &wspec)?;
-        let mut rec = timeline::Recorder::start(self.timed, server.addr, t0, spec.duration);
-        let hard_deadline = t0 + spec.duration + WRK_GRACE + EXIT_TIMEOUT;
-        let mut wrk_done = false;
-        loop {
-            let now = Instant::now();
-            guard.reap();
-            if !wrk_done && guard.try_wait(wrk_pid).is_some() {
-                wrk_done = true;
-            }
-
-            if last_sample.is_none_or(|t| now - t >= RSS_PERIOD) {
-                last_sample = Some(now);
-                let rss = sample(guard, &mut tracked, first.pid, &mut orphan_cpu);
-                peak_rss = peak_rss.max(rss);
-            }
-
-            if let (Some((sent, old)), true) = (pending, spec.kind == Kind::Master) {
-                // The master keeps its pid (and the pid file); it logs each worker it promotes.
-                if ready_count(dir) > readies_before {
-                    let ready = Instant::now();
-                    restarts.to_ready.push(ready - sent);
-                    rec.ready(ready);
-                    restarts.completed += 1;
-                    draining.push((ready, old));
-                    pending = None;
-                } else if now - sent > READY_TIMEOUT {
-                    restarts.problems.push(format!(
-                        "master upgrade sent at {:.3} s: no new worker ready within {:?}",
-                        (sent - t0).as_secs_f64(),
-                        READY_TIMEOUT
-                    ));
-                    pending = None;
-                }
-            } else if let (Some((sent, old)), Some(pid_file)) = (pending, &server.pid_file) {
-                match read_pid(pid_file) {
-                    Some(pid) if pid != old.pid => {
-                        let ready = Instant::now();
-                        restarts.to_ready.push(ready - sent);
-                        rec.ready(ready);
-                        restarts.completed += 1;
-                        if let Some(p) = Proc::of(pid) {
-                            track(guard, &mut tracked, p, first.pid);
-                        }
-                        draining.push((ready, old));
-                        pending = None;
-                    }
-                    _ if now - sent > READY_TIMEOUT => {
-                        restarts.problems.push(format!(
-                            "upgrade of pid {} sent at {:.3} s: no new pid in the pid file within {:?}",
-                            old.pid,
-                            (sent - t0).as_secs_f64(),
-                            READY_TIMEOUT
-                        ));
-                        pending = None;
-                    }
-                    _ if old.is_gone() => {
-                        restarts.problems.push(format!(
-                            "pid {} exited before a new generation was ready",
-                            old.pid
-                        ));
-                        pending = None;
-                    }
-                    _ => {}
-                }
-            }
-
-            draining.retain(|(ready, old)| {
-                let since = Instant::now().saturating_duration_since(*ready);
-                if old.is_gone() {
-                    restarts.to_exit.push(since);
-                    rec.old_exit(*ready + since);
-                    false
-                } else if since > EXIT_TIMEOUT {
-                    restarts.problems.push(format!(
-                        "old pid {} still running {:?} after its successor was ready",
-                        old.pid, EXIT_TIMEOUT
-                    ));
-                    false
-                } else {
-                    true
-                }
-            });
-
-            if pending.is_none() && !wrk_done && next < schedule.len() && now - t0 >= schedule[next]
-            {
-                next += 1;
-                let sent = if spec.kind == Kind::Master {
-                    readies_before = ready_count(dir);
-                    sighup_master(first, &tracked)
-                } else {
-                    self.sighup_current(&server, &tracked)
-                };
-                match sent {
-                    Ok(old) => {
-                        let sent = Instant::now();
-                        rec.signal(sent);
-                        pending = Some((sent, old));
-                    }
-                    Err(e) => restarts.problems.push(e),
-                }
-            }
-
-            if wrk_done && pending.is_none() && draining.is_empty() {
-                break;
-            }
-            if procs::interrupted() {
-                return Err(INTERRUPTED.into());
-            }
-            if now >= hard_deadline {
-                restarts
-                    .problems
-                    .push("monitor loop hit its deadline; remaining waits abandoned".into());
-                break;
-            }
-            thread::sleep(POLL);
-        }
-        note_unsent(next, &schedule, &mut restarts.problems);
-
-        let wrk = self.finish_wrk(guard, dir, (wrk_pid, t0), spec.duration)?;
-        let (timeline, note) = rec.finish(dir, wrk.requests);
-        let mut notes = stop_all(guard, &tracked, &mut orphan_cpu, first.pid);
-        notes.extend(note);
+        let mut tracked = Tracked::of(&server)?;
+        let load = self.load(guard, dir, spec, &server, &mut tracked)?;
+        let mut notes = tracked.stop(guard);
+        notes.extend(load.notes);
         Ok(RowData {
-            wrk,
-            peak_rss_kib: Some(peak_rss),
-            restarts,
+            wrk: load.wrk,
+            peak_rss_kib: Some(tracked.peak_rss_kib()),
+            restarts: load.restarts,
             notes,
-            orphan_cpu_secs: orphan_cpu.values().sum(),
+            orphan_cpu_secs: tracked.orphan_cpu_secs(),
             other_cpu_pct: None,
-            timeline,
+            timeline: load.timeline,
         })
-    }
-
-    /// Reads the current pid from the pid file and sends it SIGHUP. Returns that process.
-    fn sighup_current(&self, server: &Server, tracked: &[Proc]) -> Result<Proc, String> {
-        let pid_file = server.pid_file.as_ref().ok_or("restarts need a pid file")?;
-        let pid = read_pid(pid_file)
-            .ok_or_else(|| format!("cannot read a pid from {}", pid_file.display()))?;
-        // Only signal a process we know as a hello generation.
-        let p = tracked
-            .iter()
-            .copied()
-            .find(|p| p.pid == pid && !p.is_gone())
-            .ok_or_else(|| format!("pid file names {pid}, which is not a live hello process"))?;
-        if p.signal(Signal::SIGHUP) {
-            Ok(p)
-        } else {
-            Err(format!("could not send SIGHUP to {pid}"))
-        }
     }
 }
 

@@ -1,27 +1,36 @@
-//! Interleaved slices against servers that stay up: the steady-state comparison.
+//! Interleaved slices against servers that stay up: every comparison.
 //!
-//! Neither arm of a steady-state comparison restarts, so nothing needs a fresh server per
-//! slice: starting one would put each server's start-up and warm-up (and the benchmark's own
-//! start-up work) into every 2 s slice, where they weigh more than the per-request cost the
-//! comparison is after. Here each arm gets one server for the whole comparison, warmed up by
-//! one discarded slice, and the slices run back to back in ABBA order, so a neighbour's burst
-//! more often hits both slices of a pair.
+//! Each arm gets one server for the whole comparison, warmed up by one discarded slice, and
+//! the slices run back to back in ABBA order, so a neighbour's burst more often hits both
+//! slices of a pair. A fresh server per slice would put each server's start-up and warm-up
+//! (and the benchmark's own start-up work) into every slice, where they weigh more than the
+//! per-request cost a steady-state comparison is after, and would give the control arm of an
+//! upgrade comparison the same warm-up a new generation pays. An arm with upgrades keeps its
+//! server too: each of its slices upgrades the current generation on the schedule of the
+//! rows (`restart_times`) and ends once the old generation has exited, so everything an
+//! upgrade costs (the new process, the drain, the reconnections, the new generation's warm-up)
+//! happens inside that arm's slices. Every slice runs the same monitor loop (`monitor.rs`).
 
 use std::fs;
 use std::path::Path;
 
-use super::{RowData, Server};
+use super::{monitor::Tracked, RowData, Server};
 use crate::{
     procs::{self, Guard},
-    scenario::{Restarts, Row, RowSpec, Runner, INTERRUPTED},
-    timeline::Timeline,
+    scenario::{Row, RowSpec, Runner, INTERRUPTED},
 };
 
+/// One arm of a comparison: its server and the processes it has had.
+struct Arm {
+    spec: RowSpec,
+    server: Server,
+    tracked: Tracked,
+}
+
 impl Runner {
-    /// Runs `pairs` pairs of slices of `base` and `test` (neither may restart) against one
-    /// server per arm; `progress` sees each slice. Returns the base and the test slices in
-    /// the order they ran; stops early when the benchmark is interrupted. Every process is
-    /// killed on return.
+    /// Runs `pairs` pairs of slices of `base` and `test` against one server per arm;
+    /// `progress` sees each slice. Returns the base and the test slices in the order they
+    /// ran; stops early when the benchmark is interrupted. Every process is stopped on return.
     pub fn warm_pairs(
         &mut self,
         base: RowSpec,
@@ -29,7 +38,6 @@ impl Runner {
         pairs: u32,
         mut progress: impl FnMut(&Row),
     ) -> (Vec<Row>, Vec<Row>) {
-        debug_assert!(base.restarts == 0 && test.restarts == 0);
         self.seq += 1;
         let dir = self.work.join(format!(
             "{:02}-warm-{}-{}-{}",
@@ -40,21 +48,22 @@ impl Runner {
         ));
         let mut guard = Guard::default();
         let (mut base_rows, mut test_rows) = (Vec::new(), Vec::new());
-        let servers = fs::create_dir_all(&dir)
+        let arms = fs::create_dir_all(&dir)
             .map_err(|e| format!("create {}: {e}", dir.display()))
             .and_then(|()| {
-                let b = self.start_server(&mut guard, &arm_dir(&dir, "base")?, base.kind, 0)?;
-                let t = self.start_server(&mut guard, &arm_dir(&dir, "test")?, test.kind, 0)?;
-                Ok((b, t))
+                let b = self.arm(&mut guard, &arm_dir(&dir, "base")?, base)?;
+                let t = self.arm(&mut guard, &arm_dir(&dir, "test")?, test)?;
+                Ok([b, t])
             })
             // One discarded slice each: the first requests of a server pay for its warm-up.
-            .and_then(|(b, t)| {
-                self.slice(&mut guard, &dir.join("warm-up-base"), base, &b)?;
-                self.slice(&mut guard, &dir.join("warm-up-test"), test, &t)?;
-                Ok((b, t))
+            .and_then(|mut arms| {
+                for (arm, name) in arms.iter_mut().zip(["warm-up-base", "warm-up-test"]) {
+                    self.slice(&mut guard, &dir.join(name), arm)?;
+                }
+                Ok(arms)
             });
-        let (b, t) = match servers {
-            Ok(servers) => servers,
+        let mut arms = match arms {
+            Ok(arms) => arms,
             Err(e) => {
                 // Both arms report why: the comparison then says it has no figures.
                 base_rows.push(Row {
@@ -68,59 +77,67 @@ impl Runner {
                 return (base_rows, test_rows);
             }
         };
-        for pair in 0..pairs {
+        'pairs: for pair in 0..pairs {
             let base_first = pair % 2 == 0;
             for is_base in [base_first, !base_first] {
-                let (spec, server, rows) = if is_base {
-                    (base, &b, &mut base_rows)
+                let (arm, rows) = if is_base {
+                    (&mut arms[0], &mut base_rows)
                 } else {
-                    (test, &t, &mut test_rows)
+                    (&mut arms[1], &mut test_rows)
                 };
-                let slice_dir = dir.join(format!("{pair:03}-{}", spec.kind.name()));
+                let slice_dir = dir.join(format!("{pair:03}-{}", arm.spec.kind.name()));
                 let row = Row {
-                    spec,
-                    result: self.slice(&mut guard, &slice_dir, spec, server),
+                    spec: arm.spec,
+                    result: self.slice(&mut guard, &slice_dir, arm),
                 };
                 progress(&row);
                 rows.push(row);
                 if procs::interrupted() {
-                    return (base_rows, test_rows);
+                    break 'pairs;
                 }
             }
+        }
+        for arm in &mut arms {
+            arm.tracked.stop(&mut guard);
         }
         (base_rows, test_rows)
     }
 
-    /// One wrk slice against `server`, which must still be the process we started.
-    fn slice(
-        &self,
-        guard: &mut Guard,
-        dir: &Path,
-        spec: RowSpec,
-        server: &Server,
-    ) -> Result<RowData, String> {
+    /// Starts the server of an arm.
+    fn arm(&self, guard: &mut Guard, dir: &Path, spec: RowSpec) -> Result<Arm, String> {
+        let server = self.start_server(guard, dir, spec.kind, 0)?;
+        let tracked = Tracked::of(&server)?;
+        Ok(Arm {
+            spec,
+            server,
+            tracked,
+        })
+    }
+
+    /// One monitored wrk slice against the arm's server, whose current generation must
+    /// still be running at its end.
+    fn slice(&self, guard: &mut Guard, dir: &Path, arm: &mut Arm) -> Result<RowData, String> {
         fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-        let wspec = self.wrk_spec(spec, server.addr);
-        let wrk = self.start_wrk(guard, dir, &wspec)?;
-        let report = self.finish_wrk(guard, dir, wrk, spec.duration);
+        let load = self.load(guard, dir, arm.spec, &arm.server, &mut arm.tracked)?;
         if procs::interrupted() {
             return Err(INTERRUPTED.into());
         }
-        if let Some(status) = guard.try_wait(server.first) {
+        if arm.tracked.current(&arm.server).is_none() {
             return Err(format!(
-                "the {} server (pid {}) exited during the comparison ({status})",
-                spec.kind.name(),
-                server.first
+                "the {} server (first pid {}) has no live process left (log: {})",
+                arm.spec.kind.name(),
+                arm.server.first,
+                arm.server.log.display()
             ));
         }
         Ok(RowData {
-            wrk: report?,
+            wrk: load.wrk,
             peak_rss_kib: None,
-            restarts: Restarts::default(),
-            notes: Vec::new(),
+            restarts: load.restarts,
+            notes: load.notes,
             orphan_cpu_secs: 0.0,
             other_cpu_pct: None,
-            timeline: Timeline::default(),
+            timeline: load.timeline,
         })
     }
 }
