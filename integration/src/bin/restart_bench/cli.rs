@@ -22,7 +22,7 @@ options:
   --pairs N                interleaved comparisons, one server per arm, base and test slices
                            alternating in ABBA order (default 8; 0: none): the upgrade
                            comparisons make 8 x N pairs of --slice slices, the steady-state
-                           comparison 10 x N pairs of 1 s slices
+                           comparison 20 x N pairs of 1 s slices
   --slice SECS             wrk duration of one upgrade comparison slice; each endless slice
                            upgrades once per 2 s, as the 20 s rows do (default 2)
   --only LIST              comma-separated subset of: control,endless,master,naive,steady,scale,
